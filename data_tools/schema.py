@@ -1,0 +1,36 @@
+"""The one record every loader produces, whatever the source dataset looked like."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+TASKS = ("math", "summarization", "qa")
+
+
+class DataError(ValueError):
+    """Bad input, with the file (or dataset), line (or row) and field it came from."""
+
+    def __init__(self, where: str, field_name: str | None, problem: str):
+        self.where, self.field_name, self.problem = where, field_name, problem
+        at = f"{where}: field '{field_name}'" if field_name else where
+        super().__init__(f"{at}: {problem}")
+
+
+@dataclass(frozen=True)
+class Example:
+    """A prompt and its reference response.
+
+    `origin` is "file:line" (or "dataset[split]:row") so that any later error can point at the
+    input; `meta` carries task-specific extras (e.g. the number of reasoning steps).
+    """
+
+    id: str
+    prompt: str
+    response: str
+    task: str
+    origin: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
