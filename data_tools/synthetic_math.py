@@ -29,7 +29,9 @@ QUESTION_STEP = {
 
 @dataclass(frozen=True)
 class Difficulty:
-    """The knobs: how many steps, how large the numbers, which operations."""
+    """The knobs: how many steps, how large the numbers, which operations.
+
+    `max_operand` bounds what is added or subtracted; `*` and `/` always use 2 or 3."""
 
     min_steps: int = 2
     max_steps: int = 5

@@ -50,8 +50,10 @@ class TruncationReport:
 
 def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
     texts = [format_prompt(tokenizer, p) for p in prompts]
-    # A chat template writes its own special tokens; a plain prompt gets the tokenizer's BOS.
-    return tokenizer(texts, add_special_tokens=not uses_chat_template(tokenizer))["input_ids"]
+    # A chat template writes its own special tokens; a plain prompt gets the tokenizer's BOS, and
+    # text such as "</s>" in it stays text (it must not end the sequence).
+    chat = uses_chat_template(tokenizer)
+    return tokenizer(texts, add_special_tokens=not chat, split_special_tokens=not chat)["input_ids"]
 
 
 def cut_left(ids: list[int], keep: int, bos_id: int | None) -> list[int]:
@@ -89,7 +91,10 @@ def encode_examples(
         raise ValueError(f"overlong must be one of {OVERLONG_POLICIES}, got {overlong!r}")
     report = TruncationReport(examples=len(examples))
     prompts = _prompt_ids(tokenizer, [e.prompt for e in examples])
-    responses = tokenizer([e.response for e in examples], add_special_tokens=False)["input_ids"]
+    responses = [e.response for e in examples]
+    responses = tokenizer(responses, add_special_tokens=False, split_special_tokens=True)[
+        "input_ids"
+    ]
     encoded = []
     for example, prompt, response in zip(examples, prompts, responses, strict=True):
         response = response + [tokenizer.eos_token_id]

@@ -1,0 +1,240 @@
+"""Load a dataset (a local file or a Hugging Face hub name) into `Example`s, checking every row.
+
+Each known layout has an adapter that maps a row to a prompt and a response; "auto" picks the
+adapter from the first row's columns. Bad rows stop the load with a `DataError` that names the
+file, line (or row) and field, or, with `skip_invalid`, are skipped and counted: never dropped
+silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets.exceptions import DatasetsError
+
+from data_tools.schema import TASKS, DataError, Example
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+Adapted = tuple[str, str, dict[str, Any]]  # prompt, response, meta
+ID_FIELDS = ("id", "prompt_id")
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def _text(row: Row, key: str, where: str, *, optional: bool = False, field: str = "") -> str:
+    """A string field that must be present and not blank (or, if optional, may be absent).
+    `field` names it in errors when it is nested (e.g. "messages[2].content")."""
+    field = field or key
+    value = row.get(key)
+    if value is None:
+        if optional:
+            return ""
+        raise DataError(where, field, "missing (or null)")
+    if not isinstance(value, str):
+        raise DataError(where, field, f"expected a string, got {type(value).__name__}")
+    if not optional and not value.strip():
+        raise DataError(where, field, "empty or whitespace only")
+    return value
+
+
+def _gsm8k(row: Row, where: str) -> Adapted:
+    meta = {"num_steps": row["num_steps"]} if row.get("num_steps") is not None else {}
+    return _text(row, "question", where), _text(row, "answer", where), meta
+
+
+def _tldr(row: Row, where: str) -> Adapted:
+    return _text(row, "prompt", where), _text(row, "label", where), {}
+
+
+def _plain(row: Row, where: str) -> Adapted:
+    return _text(row, "prompt", where), _text(row, "response", where), {}
+
+
+def _alpaca(row: Row, where: str) -> Adapted:
+    instruction, extra = _text(row, "instruction", where), _text(row, "input", where, optional=True)
+    prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return prompt, _text(row, "output", where), {}
+
+
+def _messages(row: Row, where: str) -> Adapted:
+    """The last assistant message is the response; the turns before it are the prompt.
+
+    A single user turn is the prompt verbatim; a longer history (system prompt, earlier turns) is
+    flattened into one text, "Role: content" per turn separated by blank lines, because the
+    prompt is later wrapped as one user message. Turns after the last assistant reply are ignored.
+    """
+    messages = row.get("messages")
+    if messages is None:
+        raise DataError(where, "messages", "missing (or null)")
+    if not isinstance(messages, list):
+        raise DataError(where, "messages", f"expected a list, got {type(messages).__name__}")
+    turns = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise DataError(where, f"messages[{i}]", f"expected an object, got {type(m).__name__}")
+        turns.append((_text(m, "role", where, field=f"messages[{i}].role"), m))
+    last = max((i for i, (role, _) in enumerate(turns) if role == "assistant"), default=None)
+    if last is None:
+        raise DataError(where, "messages", "no assistant reply to use as the response")
+    if last == 0:
+        raise DataError(where, "messages", "nothing before the assistant reply to use as prompt")
+    response = _text(turns[last][1], "content", where, field=f"messages[{last}].content")
+    history = [
+        (role, _text(m, "content", where, field=f"messages[{i}].content"))
+        for i, (role, m) in enumerate(turns[:last])
+    ]
+    if len(history) == 1 and history[0][0] == "user":
+        prompt = history[0][1]
+    else:
+        prompt = "\n\n".join(f"{role.capitalize()}: {content}" for role, content in history)
+    return prompt, response, {}
+
+
+# Checked in this order by "auto": the first layout whose columns the row has wins.
+ADAPTERS: dict[str, tuple[tuple[str, ...], Callable[[Row, str], Adapted]]] = {
+    "gsm8k": (("question", "answer"), _gsm8k),
+    "messages": (("messages",), _messages),
+    "alpaca": (("instruction", "output"), _alpaca),
+    "tldr": (("prompt", "label"), _tldr),
+    "plain": (("prompt", "response"), _plain),
+}
+FORMATS = ("auto", *ADAPTERS)
+
+
+def detect_format(row: Row, where: str) -> str:
+    for fmt, (columns, _) in ADAPTERS.items():
+        if all(c in row for c in columns):
+            return fmt
+    known = "; ".join(f"{fmt}: {', '.join(cols)}" for fmt, (cols, _) in ADAPTERS.items())
+    raise DataError(
+        where,
+        None,
+        f"no known layout fits the columns {sorted(row)}; known layouts (format: columns) are "
+        f"{known}. Pass format= explicitly or convert the data.",
+    )
+
+
+def content_id(prompt: str, response: str) -> str:
+    """A stable id for rows without one: the same text always gets the same id."""
+    return hashlib.sha256(f"{prompt}\x00{response}".encode()).hexdigest()[:16]
+
+
+def _row_id(row: Row, where: str) -> str | None:
+    for key in ID_FIELDS:
+        value = row.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise DataError(where, key, f"expected a string or integer, got {type(value).__name__}")
+        if not str(value).strip():
+            raise DataError(where, key, "empty or whitespace only")
+        return str(value)
+    return None
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, Row | DataError]]:
+    """Our own reader, so that every error names its line. Bad lines are yielded as errors so
+    that the caller can skip them and go on."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                yield where, DataError(where, None, f"invalid UTF-8 at byte {e.start}: {e.reason}")
+                continue
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield where, DataError(where, None, f"malformed JSON: {e}")
+                continue
+            if not isinstance(row, dict):
+                yield (
+                    where,
+                    DataError(where, None, f"expected a JSON object, got {type(row).__name__}"),
+                )
+                continue
+            yield where, row
+
+
+def _rows(source: str, name: str | None, split: str) -> Iterator[tuple[str, Row | DataError]]:
+    """(where, row) pairs; `where` is "path:LINE" (1-based), "path[row N]" or "dataset[split] row N"
+    (N 0-based, as in `ds[N]`)."""
+    path = Path(source)
+    if path.is_file() and path.suffix not in LOCAL_SUFFIXES:
+        raise DataError(source, None, f"unsupported file type; expected one of {LOCAL_SUFFIXES}")
+    if path.suffix in LOCAL_SUFFIXES:
+        if not path.is_file():
+            raise DataError(source, None, "no such file")
+        if path.suffix == ".jsonl":
+            yield from _jsonl_rows(path)
+            return
+        builder = path.suffix.removeprefix(".")
+        try:
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+        except (DatasetsError, ValueError) as e:
+            raise DataError(source, None, f"cannot read as {builder}: {e.__cause__ or e}") from e
+        for i, row in enumerate(ds):
+            yield f"{source}[row {i}]", row
+        return
+    ds = datasets.load_dataset(source, name, split=split)
+    for i, row in enumerate(ds):
+        yield f"{source}[{split}] row {i}", row
+
+
+def load_examples(
+    source: str,
+    *,
+    task: str,
+    format: str = "auto",
+    name: str | None = None,
+    split: str = "train",
+    limit: int | None = None,
+    skip_invalid: bool = False,
+) -> tuple[list[Example], int]:
+    """The first `limit` valid examples of `source` and how many invalid rows were skipped.
+
+    `source` is a .jsonl/.json/.parquet file or a hub dataset (`name` is its config). Ids are the
+    row's `id` (or `prompt_id`) when it has one, else a hash of the text; they must be unique.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be non-negative, got {limit}")
+    examples: list[Example] = []
+    seen: dict[str, str] = {}
+    skipped = 0
+    adapter = None if format == "auto" else ADAPTERS[format][1]
+    for where, row in _rows(source, name, split):
+        if limit is not None and len(examples) >= limit:
+            break
+        if adapter is None and not isinstance(row, DataError):
+            # Data in no known layout is not a bad row: it fails even with `skip_invalid`.
+            adapter = ADAPTERS[detect_format(row, where)][1]
+        try:
+            if isinstance(row, DataError):
+                raise row
+            prompt, response, meta = adapter(row, where)
+            id_ = _row_id(row, where) or content_id(prompt, response)
+            if id_ in seen:
+                raise DataError(where, "id", f"duplicate id {id_!r}, first at {seen[id_]}")
+        except DataError as e:
+            if not skip_invalid:
+                raise
+            skipped += 1
+            log.warning("skipped: %s", e)
+            continue
+        seen[id_] = where
+        examples.append(Example(id_, prompt, response, task, where, meta))
+    return examples, skipped

@@ -1,0 +1,72 @@
+"""Options that `train` and `generate` share: which model, which data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from data_tools.schema import Example
+from data_tools.sources import load_examples
+
+
+@dataclass
+class ModelArgs:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "hub name or local folder of a pretrained causal LM (safetensors)"},
+    )
+    model_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON config of a new, randomly initialised model (e.g. configs/models/tiny-llama.json)"
+        },
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "tokenizer; default: model_name_or_path"}
+    )
+
+    def tokenizer_path(self) -> str:
+        path = self.tokenizer or self.model_name_or_path
+        if path is None:
+            raise SystemExit("a model from model_config needs --tokenizer")
+        return path
+
+
+@dataclass
+class DataArgs:
+    data: str = field(
+        metadata={"help": "hub dataset name, or a local .jsonl / .json / .parquet file"}
+    )
+    data_name: str | None = field(default=None, metadata={"help": "hub dataset config name"})
+    split: str = "train"
+    data_format: str = field(
+        default="auto", metadata={"help": "gsm8k, tldr, messages, alpaca, plain, or auto"}
+    )
+    task: str = field(default="math", metadata={"help": "math, summarization or qa"})
+    limit: int | None = field(default=None, metadata={"help": "use only the first N examples"})
+    skip_invalid: bool = field(
+        default=False, metadata={"help": "skip (and count) invalid rows instead of failing"}
+    )
+    max_length: int = field(
+        default=512, metadata={"help": "tokens per sequence (prompt + response)"}
+    )
+    overlong: str = field(
+        default="truncate",
+        metadata={"help": "truncate (cut the prompt from the left), error, or skip"},
+    )
+
+    def load(self, data: str | None = None, split: str | None = None) -> list[Example]:
+        examples, skipped = load_examples(
+            data or self.data,
+            task=self.task,
+            format=self.data_format,
+            name=self.data_name,
+            split=split or self.split,
+            limit=self.limit,
+            skip_invalid=self.skip_invalid,
+        )
+        if skipped:
+            print(
+                f"{data or self.data}: skipped {skipped} invalid rows (skip_invalid is set)",
+                flush=True,
+            )
+        return examples

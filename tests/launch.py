@@ -1,0 +1,48 @@
+"""Start an entrypoint the way users do: `python -m X` for one process, the `deepspeed` launcher
+for several. Each process gets one thread so that two of them share this machine's two cores."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(module: str, args: list[str], nproc: int = 1) -> list[str]:
+    if nproc == 1:
+        return [sys.executable, "-m", module, *args]
+    launcher = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port())]
+    return [*launcher, "--module", module, *args]
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+def run(
+    module: str, args: list[str], nproc: int = 1, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """Run to the end; on failure, raise with the output, which names what went wrong."""
+    result = subprocess.run(
+        command(module, args, nproc),
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{module} exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        )
+    return result

@@ -1,0 +1,1 @@
+"""The `train` entrypoint (`python -m train`, `deepspeed --module train`) and its parts."""

@@ -1,0 +1,224 @@
+"""Fine-tune a causal LM on prompt/response pairs under DeepSpeed ZeRO (supervised fine-tuning).
+
+    deepspeed --num_gpus 2 --module train --config configs/sft_demo.yaml
+    python -m train --config configs/sft_demo.yaml --max_steps 100     # one process
+
+The loss is the mean over every trained (response) token of the global batch, whatever the
+split into ranks and micro-batches, so runs with different world sizes follow one curve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+from transformers import AutoConfig, get_scheduler
+from transformers.integrations import HfDeepSpeedConfig
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+from data_tools.atomic import write_jsonl
+from data_tools.collate import pad_right
+from data_tools.tokenization import Encoded, encode_examples
+from runtime import distributed
+from runtime.args import DataArgs, ModelArgs
+from runtime.config import parse_config
+from runtime.ds_config import fill_ds_config, offloads_optimizer, resolve_precision, zero_stage
+from runtime.modeling import load_model, load_tokenizer
+from runtime.tracking import Tracker
+from train import checkpoint
+from train.args import TrainArgs
+from train.batches import BatchPlan
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def encode(
+    tokenizer, data_args: DataArgs, data: str | None = None, split: str | None = None
+) -> list[Encoded]:
+    examples = data_args.load(data, split)
+    encoded, report = encode_examples(tokenizer, examples, data_args.max_length, data_args.overlong)
+    if distributed.is_main():
+        print(
+            f"{data or data_args.data} [{split or data_args.split}]: {report.summary()}", flush=True
+        )
+    return encoded
+
+
+@torch.no_grad()
+def evaluate(engine, examples: list[Encoded], micro_batch_size: int, pad_id: int) -> float:
+    """Token-mean loss over `examples`, sharded over ranks. Every rank runs the same number of
+    forward passes (ZeRO-3 gathers parameters collectively), padding its shard with no-ops."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    shard = examples[rank::world]
+    n_batches = -(-len(examples) // (world * micro_batch_size))
+    totals = torch.zeros(2, dtype=torch.float64, device=engine.device)  # loss sum, token count
+    engine.eval()
+    for b in range(n_batches):
+        batch = shard[b * micro_batch_size : (b + 1) * micro_batch_size]
+        inputs = pad_right(batch or examples[:1], pad_id)
+        out = engine(**{k: v.to(engine.device) for k, v in inputs.items()}, num_items_in_batch=1)
+        if batch:
+            totals += torch.stack(
+                [out.loss.double(), torch.tensor(float(sum(e.num_trained for e in batch)))]
+            )
+    engine.train()
+    dist.all_reduce(totals)
+    return (totals[0] / totals[1]).item()
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the rows a resumed run is about to redo (those logged after its checkpoint)."""
+    rows = [json.loads(line) for line in path.open(encoding="utf-8")] if path.exists() else []
+    write_jsonl(path, [r for r in rows if r["step"] <= step])
+
+
+def main() -> None:
+    model_args, data_args, args = parse_config((ModelArgs, DataArgs, TrainArgs))
+    rank, world = distributed.init()
+    output_dir, ckpt_dir = Path(args.output_dir), Path(args.output_dir) / "checkpoints"
+    precision = resolve_precision(args.precision)
+
+    # Data: tokenized once per rank, in the same order on every rank.
+    tokenizer = load_tokenizer(model_args.tokenizer_path())
+    train_set = encode(tokenizer, data_args)
+    eval_set = []
+    if args.eval_data or args.eval_split:
+        eval_set = encode(tokenizer, data_args, args.eval_data, args.eval_split)[
+            : args.max_eval_examples
+        ]
+    plan = BatchPlan(
+        len(train_set), args.micro_batch_size, args.gradient_accumulation_steps, world, args.seed
+    )
+    total_steps = (
+        args.max_steps if args.max_steps > 0 else int(args.num_epochs * plan.steps_per_epoch)
+    )
+
+    # Model, optimizer and schedule, wrapped by the DeepSpeed engine.
+    model_config = AutoConfig.from_pretrained(
+        model_args.model_name_or_path or model_args.model_config
+    )
+    ds_config = fill_ds_config(
+        args.deepspeed_config,
+        micro_batch_size=args.micro_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        world_size=world,
+        max_grad_norm=args.max_grad_norm,
+        precision=precision,
+        hidden_size=model_config.hidden_size,
+    )
+    # Under ZeRO-3, this makes from_pretrained load each weight straight into its partition.
+    ds_hf = HfDeepSpeedConfig(ds_config) if zero_stage(ds_config) == 3 else None
+    model = load_model(
+        tokenizer, model_args.model_name_or_path, model_args.model_config, seed=args.seed
+    )
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": args.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    adam = (
+        deepspeed.ops.adam.DeepSpeedCPUAdam if offloads_optimizer(ds_config) else torch.optim.AdamW
+    )
+    optimizer = adam(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
+    scheduler = get_scheduler(args.lr_scheduler, optimizer, args.warmup_steps, total_steps)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+    )
+    if ds_hf is not None:
+        unset_hf_deepspeed_config()  # only loading needed it; later loads (export check) are plain
+
+    start_step = checkpoint.resume(engine, ckpt_dir) if args.resume else 0
+    if distributed.is_main() and args.log_file:
+        _truncate_metrics(output_dir / "metrics.jsonl", start_step)
+    run_config = {
+        **dataclasses.asdict(model_args),
+        **dataclasses.asdict(data_args),
+        **dataclasses.asdict(args),
+        "world_size": world,
+        "global_batch_size": plan.global_batch_size,
+        "total_steps": total_steps,
+    }
+    tracker = Tracker(args.wandb_project, args.output_dir, run_config, name=args.run_name)
+    if distributed.is_main():
+        print(
+            f"{len(train_set)} training examples, {plan.steps_per_epoch} steps per epoch, "
+            f"global batch {plan.global_batch_size}; steps {start_step} -> {total_steps}",
+            flush=True,
+        )
+    last_step = min(total_steps, args.stop_at_step) if args.stop_at_step > 0 else total_steps
+    progress = tqdm(
+        range(start_step, last_step),
+        initial=start_step,
+        total=total_steps,
+        disable=not distributed.is_main(),
+        dynamic_ncols=True,
+    )
+    pad_id, saved_at = tokenizer.pad_token_id, None
+    for step in progress:
+        started = time.perf_counter()
+        batch_ids = plan.global_indices(step)
+        trained_tokens = sum(train_set[i].num_trained for i in batch_ids)
+        step_loss = torch.zeros((), dtype=torch.float64, device=engine.device)
+        for micro in range(args.gradient_accumulation_steps):
+            inputs = pad_right(
+                [train_set[i] for i in plan.micro_indices(batch_ids, micro, rank)], pad_id
+            )
+            out = engine(
+                **{k: v.to(engine.device) for k, v in inputs.items()},
+                num_items_in_batch=trained_tokens,
+            )
+            # DeepSpeed averages gradients over ranks and micro-steps; undo both for a token mean.
+            engine.backward(out.loss * world * args.gradient_accumulation_steps)
+            engine.step()
+            step_loss += out.loss.detach().double()
+        dist.all_reduce(step_loss)
+        tokens = sum(len(train_set[i].input_ids) for i in batch_ids)
+        metrics = {
+            "train/loss": step_loss.item(),
+            "train/lr": scheduler.get_last_lr()[0],
+            "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
+            "train/tokens_per_s": tokens / (time.perf_counter() - started),
+            "train/trained_tokens": trained_tokens,
+        }
+        if eval_set and (
+            (args.eval_every and (step + 1) % args.eval_every == 0) or step + 1 == total_steps
+        ):
+            metrics["eval/loss"] = evaluate(engine, eval_set, args.micro_batch_size, pad_id)
+        if distributed.is_main():
+            progress.set_postfix(
+                loss=f"{metrics['train/loss']:.4f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}"
+            )
+            if args.log_file:
+                with open(output_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": step + 1, **metrics}) + "\n")
+        tracker.log(metrics, step=step + 1)
+        if args.save_every and (step + 1) % args.save_every == 0:
+            saved_at = checkpoint.save(engine, ckpt_dir, step + 1)
+
+    if saved_at != f"step_{last_step}" and start_step < last_step:
+        saved_at = checkpoint.save(engine, ckpt_dir, last_step)
+    if args.export and last_step == total_steps:
+        tag = checkpoint.latest_tag(ckpt_dir)
+        checkpoint.export(
+            engine, ckpt_dir, tag, output_dir / "export", tokenizer, DTYPES[precision]
+        )
+        probe = pad_right((eval_set or train_set)[: args.micro_batch_size], pad_id)
+        diff = checkpoint.verify_export(engine, output_dir / "export", probe, precision)
+        if distributed.is_main():
+            print(
+                f"exported to {output_dir / 'export'}; its logits match the engine's (max diff {diff:.2g})"
+            )
+    tracker.finish()
+
+
+if __name__ == "__main__":
+    main()
