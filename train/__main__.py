@@ -50,6 +50,19 @@ def encode(
     return encoded
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only, not on gains and biases. Under ZeRO-3 a parameter's
+    true shape is in `ds_shape`; DeepSpeed drops empty groups, so they are left out here too."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 @torch.no_grad()
 def evaluate(engine, examples: list[Encoded], micro_batch_size: int, pad_id: int) -> float:
     """Token-mean loss over `examples`, sharded over ranks. Every rank runs the same number of
@@ -112,19 +125,17 @@ def main() -> None:
         precision=precision,
         hidden_size=model_config.hidden_size,
     )
-    # Under ZeRO-3, this makes from_pretrained load each weight straight into its partition.
-    ds_hf = HfDeepSpeedConfig(ds_config) if zero_stage(ds_config) == 3 else None
+    # Under ZeRO-3, this makes from_pretrained load each weight straight into its partition. A
+    # new model from a config is built whole (it is small), so its initial weights do not depend
+    # on the ZeRO stage.
+    partitioned_load = zero_stage(ds_config) == 3 and model_args.model_name_or_path is not None
+    ds_hf = HfDeepSpeedConfig(ds_config) if partitioned_load else None
     model = load_model(
         tokenizer, model_args.model_name_or_path, model_args.model_config, seed=args.seed
     )
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": args.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    groups = param_groups(model, args.weight_decay)
     adam = (
         deepspeed.ops.adam.DeepSpeedCPUAdam if offloads_optimizer(ds_config) else torch.optim.AdamW
     )
