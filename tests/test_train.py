@@ -19,6 +19,7 @@ from data_tools.sources import load_examples
 from data_tools.synthetic_math import Difficulty, write_splits
 from data_tools.tokenization import encode_examples
 from runtime.modeling import load_model, load_tokenizer
+from tests import wandb_files
 from tests.launch import run
 from train.batches import BatchPlan
 
@@ -144,3 +145,49 @@ def test_resumed_run_continues_as_the_uninterrupted_one(setup, tmp_path):
     assert w1.keys() == w2.keys()
     for name in w1:
         torch.testing.assert_close(w1[name], w2[name], rtol=1e-6, atol=1e-7)
+
+
+def test_a_config_that_contradicts_the_run_is_refused_before_loading(setup, tmp_path):
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"train_batch_size": 64, "zero_optimization": {"stage": 2}}))
+    args = ["--config", str(setup["root"] / "config.yaml"), "--output_dir", str(tmp_path / "out")]
+    result = run(
+        "train", [*args, "--deepspeed_config", str(ds), "--data", "missing.jsonl"], check=False
+    )
+    assert result.returncode != 0
+    assert "train_batch_size is 64" in result.stderr and "world size 1 = 8" in result.stderr
+    assert "missing.jsonl" not in result.stderr  # refused before the data was read
+    assert not (tmp_path / "out/checkpoints").exists()
+
+
+def test_bad_data_is_reported_with_file_line_and_field(setup, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "#### 1"}\n{"question": "q2"}\n')
+    args = ["--config", str(setup["root"] / "config.yaml"), "--output_dir", str(tmp_path / "out")]
+    result = run("train", [*args, "--data", str(bad)], check=False)
+    assert result.returncode != 0
+    assert f"{bad}:2: field 'answer': missing" in result.stderr
+
+
+def test_wandb_logs_offline_without_an_api_key(setup, tmp_path):
+    out = tmp_path / "out"
+    extra = [
+        "--max_steps",
+        "4",
+        "--eval_every",
+        "2",
+        "--wandb_project",
+        "tests",
+        "--export",
+        "false",
+    ]
+    train_args = ["--config", str(setup["root"] / "config.yaml"), "--output_dir", str(out), *extra]
+    run("train", train_args, WANDB_MODE="", WANDB_API_KEY="")
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    logged = [r for r in wandb_files.history(run_dir) if "train/loss" in r]
+    local = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    assert [r["_step"] for r in logged] == [1, 2, 3, 4]
+    assert [r["train/loss"] for r in logged] == pytest.approx([r["train/loss"] for r in local])
+    assert all({"train/lr", "train/grad_norm", "train/tokens_per_s"} <= r.keys() for r in logged)
+    assert [r["_step"] for r in logged if "eval/loss" in r] == [2, 4]
+    assert wandb_files.config(run_dir)["learning_rate"] == LR

@@ -24,11 +24,18 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from data_tools.atomic import write_jsonl
 from data_tools.collate import pad_right
+from data_tools.schema import DataError
 from data_tools.tokenization import Encoded, encode_examples
 from runtime import distributed
 from runtime.args import DataArgs, ModelArgs
 from runtime.config import parse_config
-from runtime.ds_config import fill_ds_config, offloads_optimizer, resolve_precision, zero_stage
+from runtime.ds_config import (
+    ConfigError,
+    fill_ds_config,
+    offloads_optimizer,
+    resolve_precision,
+    zero_stage,
+)
 from runtime.modeling import load_model, load_tokenizer
 from runtime.tracking import Tracker
 from train import checkpoint
@@ -96,6 +103,19 @@ def main() -> None:
     rank, world = distributed.init()
     output_dir, ckpt_dir = Path(args.output_dir), Path(args.output_dir) / "checkpoints"
     precision = resolve_precision(args.precision)
+    # The DeepSpeed config is settled (or refused) before any data or weights are loaded.
+    model_config = AutoConfig.from_pretrained(
+        model_args.model_name_or_path or model_args.model_config
+    )
+    ds_config = fill_ds_config(
+        args.deepspeed_config,
+        micro_batch_size=args.micro_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        world_size=world,
+        max_grad_norm=args.max_grad_norm,
+        precision=precision,
+        hidden_size=model_config.hidden_size,
+    )
 
     # Data: tokenized once per rank, in the same order on every rank.
     tokenizer = load_tokenizer(model_args.tokenizer_path())
@@ -113,18 +133,6 @@ def main() -> None:
     )
 
     # Model, optimizer and schedule, wrapped by the DeepSpeed engine.
-    model_config = AutoConfig.from_pretrained(
-        model_args.model_name_or_path or model_args.model_config
-    )
-    ds_config = fill_ds_config(
-        args.deepspeed_config,
-        micro_batch_size=args.micro_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        world_size=world,
-        max_grad_norm=args.max_grad_norm,
-        precision=precision,
-        hidden_size=model_config.hidden_size,
-    )
     # Under ZeRO-3, this makes from_pretrained load each weight straight into its partition. A
     # new model from a config is built whole (it is small), so its initial weights do not depend
     # on the ZeRO stage.
@@ -232,4 +240,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ConfigError, DataError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from e
