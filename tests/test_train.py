@@ -191,3 +191,24 @@ def test_wandb_logs_offline_without_an_api_key(setup, tmp_path):
     assert all({"train/lr", "train/grad_norm", "train/tokens_per_s"} <= r.keys() for r in logged)
     assert [r["_step"] for r in logged if "eval/loss" in r] == [2, 4]
     assert wandb_files.config(run_dir)["learning_rate"] == LR
+
+
+@pytest.mark.slow
+def test_zero3_fine_tunes_a_pretrained_model_like_plain_pytorch(setup, reference, tmp_path):
+    """From a local pretrained folder, ZeRO-3 loads each weight straight into its partition."""
+    c = dict(setup["config"])
+    tokenizer = load_tokenizer(c["tokenizer"])
+    pretrained = load_model(
+        tokenizer, config_file=c.pop("model_config"), seed=SEED
+    )  # = the reference's start
+    pretrained.save_pretrained(tmp_path / "pretrained")
+    tokenizer.save_pretrained(tmp_path / "pretrained")
+    c.update(model_name_or_path=str(tmp_path / "pretrained"), tokenizer=None)
+    (tmp_path / "config.yaml").write_text(json.dumps(c))
+    out = tmp_path / "out"
+    args = ["--config", str(tmp_path / "config.yaml"), "--output_dir", str(out)]
+    run("train", [*args, "--deepspeed_config", "ds_configs/zero3.json"], WORLD)
+    losses = [json.loads(line)["train/loss"] for line in (out / "metrics.jsonl").open()]
+    torch.testing.assert_close(
+        torch.tensor(losses), torch.tensor(reference["losses"]), rtol=1e-4, atol=0
+    )

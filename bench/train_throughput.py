@@ -1,0 +1,107 @@
+"""Training tokens/s of `train` (one process, DeepSpeed ZeRO-2, fp32) against a bare PyTorch
+loop on the same model, the same batches and the same optimizer, measured in the same run.
+
+    python bench/train_throughput.py [--steps 60] [--rounds 2]
+
+Both sides are timed per optimizer step (forward, backward, clipping, AdamW, schedule) and
+summarised by the median over steps after a warm-up; the rounds alternate the two sides so that
+a slower machine phase hits both. Prints a markdown table for bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import get_scheduler
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from data_tools.collate import pad_right  # noqa: E402
+from data_tools.sources import load_examples  # noqa: E402
+from data_tools.synthetic_math import Difficulty, write_splits  # noqa: E402
+from data_tools.tokenization import encode_examples  # noqa: E402
+from data_tools.tokenizer_training import train_tokenizer  # noqa: E402
+from runtime.modeling import load_model, load_tokenizer  # noqa: E402
+from train.batches import BatchPlan  # noqa: E402
+
+MICRO, LR, SEED, MAX_LEN, WARMUP = 16, 1e-3, 0, 256, 10
+
+
+def bare_loop(root: Path, steps: int) -> list[float]:
+    """tokens/s per step of the plain loop (the baseline)."""
+    tokenizer = load_tokenizer(str(root / "tokenizer"))
+    examples, _ = load_examples(str(root / "data/train.jsonl"), task="math")
+    data, _ = encode_examples(tokenizer, examples, MAX_LEN)
+    plan = BatchPlan(len(data), MICRO, 1, 1, SEED)
+    model = load_model(
+        tokenizer, config_file=str(REPO / "configs/models/tiny-llama.json"), seed=SEED
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.95))
+    scheduler = get_scheduler("cosine", optimizer, 0, steps)
+    rates = []
+    for step in range(steps):
+        started = time.perf_counter()
+        batch = [data[i] for i in plan.global_indices(step)]
+        loss = model(**pad_right(batch, tokenizer.pad_token_id)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        loss.item()
+        rates.append(sum(len(e.input_ids) for e in batch) / (time.perf_counter() - started))
+    return rates
+
+
+def train_entrypoint(root: Path, steps: int, out: Path) -> list[float]:
+    args = [
+        "--model_config", "configs/models/tiny-llama.json", "--tokenizer", str(root / "tokenizer"),
+        "--data", str(root / "data/train.jsonl"), "--max_length", str(MAX_LEN),
+        "--output_dir", str(out), "--deepspeed_config", "ds_configs/zero2.json", "--precision", "fp32",
+        "--micro_batch_size", str(MICRO), "--max_steps", str(steps), "--learning_rate", str(LR),
+        "--seed", str(SEED), "--export", "false", "--resume", "false",
+    ]  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "train", *args], cwd=REPO, check=True, capture_output=True
+    )
+    return [json.loads(line)["train/tokens_per_s"] for line in (out / "metrics.jsonl").open()]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--rounds", type=int, default=2)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_splits(root / "data", {"train": MICRO * args.steps}, Difficulty(), seed=SEED)
+        rows = [json.loads(line) for line in (root / "data/train.jsonl").open()]
+        train_tokenizer((t for r in rows for t in (r["question"], r["answer"])), root / "tokenizer")
+        bare, ours = [], []
+        for r in range(args.rounds):
+            bare += bare_loop(root, args.steps)[WARMUP:]
+            ours += train_entrypoint(root, args.steps, root / f"run{r}")[WARMUP:]
+    b, o = statistics.median(bare), statistics.median(ours)
+    print(
+        f"| machine | {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__} |"
+    )
+    print("|---|---|")
+    print(f"| bare PyTorch loop | {b:,.0f} tokens/s |")
+    print(f"| `train` (DeepSpeed ZeRO-2, 1 process) | {o:,.0f} tokens/s |")
+    print(f"| ratio | **{o / b:.2f}** |")
+
+
+if __name__ == "__main__":
+    main()
