@@ -114,7 +114,7 @@ def test_sampler_draws_from_tempered_nucleus() -> None:
     """Frequencies over 20,000 seeded rows match softmax(logits / T) cut to the top-p set."""
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
     n, temperature, top_p = 20_000, 0.7, 0.8
-    sampler = SeededSampler(range(n), temperature, top_p, "cpu")
+    sampler = SeededSampler(range(n), temperature, top_p)
     out = sampler(torch.zeros(n, 1, dtype=torch.long), logits.expand(n, -1).clone())
     picked = out.argmax(-1)
     assert torch.all(out.max(-1).values == 0) and torch.all(torch.isinf(out).sum(-1) == 4)
@@ -142,7 +142,7 @@ def test_bad_options_are_refused(files: Path) -> None:
     with pytest.raises(ConfigError, match="precision must be one of"):
         main(base + ["--precision", "fp8"])
     with pytest.raises(ValueError, match="temperature must be > 0"):
-        SeededSampler([0], 0.0, 1.0, "cpu")
+        SeededSampler([0], 0.0, 1.0)
     assert not (files / "never.jsonl").exists()
 
 

@@ -30,6 +30,7 @@ from runtime import distributed
 from runtime.args import DataArgs, ModelArgs
 from runtime.config import parse_config
 from runtime.ds_config import (
+    DTYPES,
     ConfigError,
     fill_ds_config,
     offloads_optimizer,
@@ -41,8 +42,6 @@ from runtime.tracking import Tracker
 from train import checkpoint
 from train.args import TrainArgs
 from train.batches import BatchPlan
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def encode(

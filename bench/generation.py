@@ -1,0 +1,106 @@
+"""Generation throughput: `generate`'s batched path against one prompt at a time.
+
+    python -m bench.generation [--prompts 64] [--batch_size 64] [--max_new_tokens 64]
+
+Both paths run greedy decoding with the KV cache on the same model and prompts in the same run:
+one calls transformers' `model.generate` per prompt, the other `generate.sampling.generate_batch`
+on length-sorted batches, as `python -m generate` does. The model is a new tiny-llama (random
+weights: they make no difference to speed); the tokenizer is trained on the synthetic math task.
+Prints a markdown snippet for bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+from data_tools.synthetic_math import Difficulty, make_splits
+from data_tools.tokenization import encode_prompts
+from data_tools.tokenizer_training import train_tokenizer
+from generate.sampling import generate_batch, longest_first
+from runtime import distributed
+from runtime.modeling import load_model
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    names = [line for line in text.splitlines() if line.startswith("model name")]
+    cpu = names[0].split(":", 1)[1].strip() if names else platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def timed(fn) -> tuple[list[list[int]], float]:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--max_new_tokens", type=int, default=64)
+    p.add_argument("--model_config", default="configs/models/tiny-llama.json")
+    args = p.parse_args()
+
+    rows = make_splits({"train": 500, "test": args.prompts}, Difficulty(), seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        texts = [t for r in rows["train"] for t in (r["question"], r["answer"])]
+        tokenizer = train_tokenizer(texts, Path(tmp) / "tokenizer")
+    model = load_model(tokenizer, config_file=args.model_config).to(distributed.device()).eval()
+    prompts, _ = encode_prompts(tokenizer, [r["question"] for r in rows["test"]], 256)
+    n = args.max_new_tokens
+
+    def one_at_a_time() -> list[list[int]]:
+        out = []
+        for prompt in prompts:
+            ids = torch.tensor([prompt], device=model.device)
+            new = model.generate(ids, max_new_tokens=n, do_sample=False)[0, len(prompt) :]
+            out.append(new.tolist())
+        return out
+
+    def batched() -> list[list[int]]:
+        order, out = longest_first([len(p) for p in prompts]), {}
+        for start in range(0, len(order), args.batch_size):
+            batch = order[start : start + args.batch_size]
+            new = generate_batch(model, tokenizer, [prompts[i] for i in batch], n)
+            out.update(zip(batch, new, strict=True))
+        return [out[i] for i in range(len(prompts))]
+
+    with torch.no_grad():
+        generate_batch(model, tokenizer, prompts[:2], 4)  # warm-up
+        single, t_single = timed(one_at_a_time)
+        batch, t_batch = timed(batched)
+    tokens_single, tokens_batch = sum(map(len, single)), sum(map(len, batch))
+    speed_single, speed_batch = tokens_single / t_single, tokens_batch / t_batch
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(
+        f"### Generation: batched `generate` vs one prompt at a time\n\n"
+        f"{machine()}; torch {torch.__version__}, transformers {transformers.__version__}; "
+        f"{Path(args.model_config).stem} ({params:.1f}M parameters, {model.dtype}), greedy, "
+        f"KV cache, {len(prompts)} prompts of {min(map(len, prompts))}-{max(map(len, prompts))} "
+        f"tokens, max_new_tokens={n}.\n\n"
+        f"| path | new tokens | seconds | tokens/s |\n|---|---:|---:|---:|\n"
+        f"| `model.generate`, one prompt at a time | {tokens_single} | {t_single:.1f} | {speed_single:.0f} |\n"
+        f"| `generate_batch`, batch {args.batch_size}, longest first | {tokens_batch} | {t_batch:.1f} | {speed_batch:.0f} |\n\n"
+        f"Speed-up: **{speed_batch / speed_single:.1f}x**; "
+        f"identical outputs: {'yes' if single == batch else 'no'}."
+    )
+
+
+if __name__ == "__main__":
+    main()

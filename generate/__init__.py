@@ -1,0 +1,1 @@
+"""Batched generation over ranks (`python -m generate`), and scoring (`python -m generate.score`)."""

@@ -1,0 +1,45 @@
+"""Generation options; every field can be set in the YAML config or on the command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GenerateArgs:
+    output: str = field(
+        metadata={"help": "jsonl of generations; <output>.parts/ holds the work of unfinished runs"}
+    )
+    batch_size: int = field(default=32, metadata={"help": "prompts per forward pass, per rank"})
+    max_prompt_length: int = field(
+        default=256, metadata={"help": "prompt tokens kept; longer prompts are cut from the left"}
+    )
+    max_new_tokens: int = 256
+    do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
+    temperature: float = field(default=1.0, metadata={"help": "with do_sample only"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling, with do_sample only"})
+    seed: int = field(
+        default=0,
+        metadata={"help": "with the example id, seeds each example's sampling (and a new model)"},
+    )
+    precision: str = field(
+        default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32"}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_prompt_length", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.do_sample:
+            if self.temperature <= 0:
+                raise ValueError(
+                    f"temperature must be > 0 with do_sample, got {self.temperature} "
+                    "(for greedy decoding, leave do_sample off)"
+                )
+            if not 0 < self.top_p <= 1:
+                raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        elif (self.temperature, self.top_p) != (1.0, 1.0):
+            raise ValueError(
+                f"temperature={self.temperature} and top_p={self.top_p} apply only when sampling: "
+                "set do_sample to sample, or leave them at 1.0 for greedy decoding"
+            )
