@@ -1,7 +1,7 @@
-"""Training tokens/s of `train` (one process, DeepSpeed ZeRO-2, fp32) against a bare PyTorch
+"""Training tokens/s of `train` (one process, fp32, with ZeRO-0 and ZeRO-2) against a bare PyTorch
 loop on the same model, the same batches and the same optimizer, measured in the same run.
 
-    python bench/train_throughput.py [--steps 60] [--rounds 2]
+    python -m bench.train_throughput [--steps 60] [--rounds 2]
 
 Both sides are timed per optimizer step (forward, backward, clipping, AdamW, schedule) and
 summarised by the median over steps after a warm-up; the rounds alternate the two sides so that
@@ -23,18 +23,18 @@ from pathlib import Path
 import torch
 from transformers import get_scheduler
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from data_tools.collate import pad_right
+from data_tools.sources import load_examples
+from data_tools.synthetic_math import Difficulty, write_splits
+from data_tools.tokenization import encode_examples
+from data_tools.tokenizer_training import train_tokenizer
+from runtime.modeling import load_model, load_tokenizer
+from train.batches import BatchPlan
 
-from data_tools.collate import pad_right  # noqa: E402
-from data_tools.sources import load_examples  # noqa: E402
-from data_tools.synthetic_math import Difficulty, write_splits  # noqa: E402
-from data_tools.tokenization import encode_examples  # noqa: E402
-from data_tools.tokenizer_training import train_tokenizer  # noqa: E402
-from runtime.modeling import load_model, load_tokenizer  # noqa: E402
-from train.batches import BatchPlan  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 MICRO, LR, SEED, MAX_LEN, WARMUP = 16, 1e-3, 0, 256, 10
+CONFIGS = ("zero0", "zero2")
 
 
 def bare_loop(root: Path, steps: int) -> list[float]:
@@ -63,11 +63,11 @@ def bare_loop(root: Path, steps: int) -> list[float]:
     return rates
 
 
-def train_entrypoint(root: Path, steps: int, out: Path) -> list[float]:
+def train_entrypoint(root: Path, steps: int, out: Path, config: str) -> list[float]:
     args = [
         "--model_config", "configs/models/tiny-llama.json", "--tokenizer", str(root / "tokenizer"),
         "--data", str(root / "data/train.jsonl"), "--max_length", str(MAX_LEN),
-        "--output_dir", str(out), "--deepspeed_config", "ds_configs/zero2.json", "--precision", "fp32",
+        "--output_dir", str(out), "--deepspeed_config", f"ds_configs/{config}.json", "--precision", "fp32",
         "--micro_batch_size", str(MICRO), "--max_steps", str(steps), "--learning_rate", str(LR),
         "--seed", str(SEED), "--export", "false", "--resume", "false",
     ]  # fmt: skip
@@ -89,18 +89,19 @@ def main() -> None:
         write_splits(root / "data", {"train": MICRO * args.steps}, Difficulty(), seed=SEED)
         rows = [json.loads(line) for line in (root / "data/train.jsonl").open()]
         train_tokenizer((t for r in rows for t in (r["question"], r["answer"])), root / "tokenizer")
-        bare, ours = [], []
+        bare, ours = [], {c: [] for c in CONFIGS}
         for r in range(args.rounds):
             bare += bare_loop(root, args.steps)[WARMUP:]
-            ours += train_entrypoint(root, args.steps, root / f"run{r}")[WARMUP:]
-    b, o = statistics.median(bare), statistics.median(ours)
-    print(
-        f"| machine | {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__} |"
-    )
-    print("|---|---|")
-    print(f"| bare PyTorch loop | {b:,.0f} tokens/s |")
-    print(f"| `train` (DeepSpeed ZeRO-2, 1 process) | {o:,.0f} tokens/s |")
-    print(f"| ratio | **{o / b:.2f}** |")
+            for c in CONFIGS:
+                ours[c] += train_entrypoint(root, args.steps, root / f"{c}-{r}", c)[WARMUP:]
+    b = statistics.median(bare)
+    print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    print("| run | tokens/s (median) | ratio to the bare loop |")
+    print("|---|---:|---:|")
+    print(f"| bare PyTorch loop | {b:,.0f} | 1.00 |")
+    for c in CONFIGS:
+        o = statistics.median(ours[c])
+        print(f"| `train`, 1 process, ds_configs/{c}.json | {o:,.0f} | **{o / b:.2f}** |")
 
 
 if __name__ == "__main__":
