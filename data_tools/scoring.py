@@ -11,6 +11,7 @@ from typing import Any
 
 from rouge_score import rouge_scorer
 
+from data_tools.prompting import CORRECTION_MARKER, final_answer_text
 from data_tools.schema import DataError
 
 # A minus sign only where it cannot be a hyphen or a subtraction ("3-4", "x-1"); commas only as
@@ -100,7 +101,7 @@ def _read_generations(path: Path, task: str) -> list[dict[str, Any]]:
     return rows
 
 
-def score_file(path: str | Path, task: str) -> dict[str, Any]:
+def score_file(path: str | Path, task: str, marker: str = CORRECTION_MARKER) -> dict[str, Any]:
     """Score a generation jsonl (rows with "id", "generation", "reference").
 
     Returns {"summary": {...}, "examples": [...]}: the summary has `n` and exact_match (math) or
@@ -112,7 +113,9 @@ def score_file(path: str | Path, task: str) -> dict[str, Any]:
     if task == "math":
         examples = []
         for r in rows:
-            prediction, answer = extract_answer(r["generation"]), extract_answer(r["reference"])
+            # A self-correcting generation answers after its last correction marker.
+            prediction = extract_answer(final_answer_text(r["generation"], marker))
+            answer = extract_answer(r["reference"])
             examples.append(
                 {
                     "id": r["id"],

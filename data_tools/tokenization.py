@@ -48,7 +48,7 @@ class TruncationReport:
         )
 
 
-def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
     texts = [format_prompt(tokenizer, p) for p in prompts]
     # A chat template writes its own special tokens; a plain prompt gets the tokenizer's BOS, and
     # text such as "</s>" in it stays text (it must not end the sequence).
@@ -90,7 +90,7 @@ def encode_examples(
     if overlong not in OVERLONG_POLICIES:
         raise ValueError(f"overlong must be one of {OVERLONG_POLICIES}, got {overlong!r}")
     report = TruncationReport(examples=len(examples))
-    prompts = _prompt_ids(tokenizer, [e.prompt for e in examples])
+    prompts = prompt_ids(tokenizer, [e.prompt for e in examples])
     responses = [e.response for e in examples]
     responses = tokenizer(responses, add_special_tokens=False, split_special_tokens=True)[
         "input_ids"
@@ -133,6 +133,6 @@ def encode_prompts(
 ) -> tuple[list[list[int]], int]:
     """Tokenize prompts for generation, cutting each from the left to `max_prompt_length`.
     Returns the ids and how many prompts were cut."""
-    ids = _prompt_ids(tokenizer, prompts)
+    ids = prompt_ids(tokenizer, prompts)
     cut = sum(len(x) > max_prompt_length for x in ids)
     return [cut_left(x, max_prompt_length, tokenizer.bos_token_id) for x in ids], cut

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -35,14 +36,16 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from data_tools.atomic import write_jsonl
 from data_tools.schema import Example
-from data_tools.tokenization import encode_prompts
+from data_tools.tokenization import encode_examples, encode_prompts
 from generate.args import GenerateArgs
 from generate.sampling import eos_ids, example_seed, generate_batch, longest_first
 from runtime import distributed
 from runtime.args import DataArgs, ModelArgs
 from runtime.config import parse_config
 from runtime.ds_config import DTYPES, resolve_precision
+from runtime.fingerprint import model_fingerprint, tokenizer_fingerprint
 from runtime.modeling import load_model, load_tokenizer
+from runtime.self_tokens import teacher_forced_predictions
 
 
 def read_rows(path: Path) -> dict[str, dict[str, Any]]:
@@ -74,6 +77,18 @@ def to_row(example: Example, ids: list[int], tokenizer: PreTrainedTokenizerBase)
     }
 
 
+def with_samples(examples: list[Example], n: int) -> list[Example]:
+    """`n` copies of each example for `n` samples per prompt, with ids "<id>#s<k>" and the
+    source id in `meta` (one sample keeps the example as it is)."""
+    if n == 1:
+        return examples
+    return [
+        replace(e, id=f"{e.id}#s{k}", meta={**e.meta, "source_id": e.id, "sample": k})
+        for e in examples
+        for k in range(n)
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, args = parse_config((ModelArgs, DataArgs, GenerateArgs), argv)
     precision = resolve_precision(args.precision)
@@ -82,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # What is left to do: every id (load_examples refuses duplicates) not in the output or in a
     # part file of an earlier run.
-    examples = data_args.load()
+    examples = with_samples(data_args.load(), args.num_samples)
     done = read_rows(output)
     if set(done) >= {e.id for e in examples}:
         if distributed.is_main():
@@ -123,12 +138,33 @@ def main(argv: list[str] | None = None) -> None:
                 f"exceed the model's {positions} positions; lower one of them"
             )
 
-        # Every rank tokenizes all prompts and deals the same length-sorted list round-robin, so
-        # shards are equally long and, sliced in order, give batches of similar length.
-        prompts, n_cut = encode_prompts(tokenizer, [e.prompt for e in todo], args.max_prompt_length)
-        shard = longest_first([len(p) for p in prompts])[rank::world]
-        if distributed.is_main():
-            print(f"{n_cut} prompts cut to max_prompt_length={args.max_prompt_length}", flush=True)
+        fingerprints = {
+            "model_fingerprint": model_fingerprint(model_args.model_name_or_path),
+            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        }
+        # Every rank tokenizes all that is left and deals the same length-sorted list round-robin,
+        # so shards are equally long and, sliced in order, give batches of similar length.
+        if args.mode == "teacher_forced":
+            # Encoded exactly as `train` encodes them: the predictions align with its labels.
+            encoded, report = encode_examples(
+                tokenizer, todo, data_args.max_length, data_args.overlong
+            )
+            if report.skipped_ids:
+                raise SystemExit(
+                    f"teacher_forced: {report.summary()}; every example needs predictions"
+                )
+            lengths = [len(e.input_ids) for e in encoded]
+        else:
+            prompts, n_cut = encode_prompts(
+                tokenizer, [e.prompt for e in todo], args.max_prompt_length
+            )
+            lengths = [len(p) for p in prompts]
+            if distributed.is_main():
+                print(
+                    f"{n_cut} prompts cut to max_prompt_length={args.max_prompt_length}", flush=True
+                )
+        marker = tokenizer(args.correction_marker, add_special_tokens=False)["input_ids"]
+        shard = longest_first(lengths)[rank::world]
         with (
             open_part(parts, rank) as part,
             tqdm(
@@ -140,16 +176,50 @@ def main(argv: list[str] | None = None) -> None:
                 seeds = (
                     [example_seed(args.seed, todo[i].id) for i in batch] if args.do_sample else None
                 )
-                new = generate_batch(
-                    model,
-                    tokenizer,
-                    [prompts[i] for i in batch],
-                    args.max_new_tokens,
-                    seeds,
-                    args.temperature,
-                    args.top_p,
-                )
-                rows = [to_row(todo[i], ids, tokenizer) for i, ids in zip(batch, new, strict=True)]
+                if args.mode == "teacher_forced":
+                    temperature = args.temperature if args.do_sample else 0.0
+                    predictions = teacher_forced_predictions(
+                        model,
+                        [encoded[i] for i in batch],
+                        tokenizer.pad_token_id,
+                        temperature,
+                        seeds,
+                    )
+                    rows = [
+                        {
+                            "id": todo[i].id,
+                            "predictions": p,
+                            "task": todo[i].task,
+                            "meta": todo[i].meta,
+                        }
+                        for i, p in zip(batch, predictions, strict=True)
+                    ]
+                else:
+                    sample = (args.max_new_tokens, args.temperature, args.top_p)
+                    new = generate_batch(
+                        model, tokenizer, [prompts[i] for i in batch], sample[0], seeds, *sample[1:]
+                    )
+                    if args.self_correct:
+                        # The draft (less its EOS), the marker, then a second generation from there.
+                        drafts = [
+                            d[:-1] if d and d[-1] in eos_ids(model, tokenizer) else d for d in new
+                        ]
+                        second = [
+                            prompts[i] + d + marker for i, d in zip(batch, drafts, strict=True)
+                        ]
+                        seeds = (
+                            [example_seed(args.seed, f"{todo[i].id}#correct") for i in batch]
+                            if seeds
+                            else None
+                        )
+                        fixes = generate_batch(
+                            model, tokenizer, second, sample[0], seeds, *sample[1:]
+                        )
+                        new = [d + marker + f for d, f in zip(drafts, fixes, strict=True)]
+                    rows = [
+                        to_row(todo[i], ids, tokenizer) for i, ids in zip(batch, new, strict=True)
+                    ]
+                rows = [{**r, **fingerprints} for r in rows]
                 part.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
                 part.flush()
                 bar.update(len(batch))

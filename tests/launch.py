@@ -4,18 +4,13 @@ for several. Each process gets one thread so that two of them share this machine
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from runtime.distributed import free_port
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def command(module: str, args: list[str], nproc: int = 1) -> list[str]:
@@ -26,13 +21,16 @@ def command(module: str, args: list[str], nproc: int = 1) -> list[str]:
 
 
 def env(**extra: str) -> dict[str, str]:
-    """This environment, one thread per process, wandb offline; an empty value unsets a variable."""
+    """This environment, without process-group variables, one thread per process, wandb offline;
+    an empty value unsets a variable."""
     base = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "WANDB_MODE": "offline",
     }
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        base.pop(name, None)
     merged = {**base, **extra}
     return {k: v for k, v in merged.items() if v != ""}
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ from generate.__main__ import main
 from generate.sampling import SeededSampler, example_seed, generate_batch, longest_first
 from runtime.ds_config import ConfigError
 from runtime.modeling import load_model
+from tests.launch import env, run
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_NEW = 16
@@ -164,29 +163,6 @@ def command(files: Path, output: Path, *extra: str) -> list[str]:
     ]
 
 
-def environment() -> dict[str, str]:
-    """This environment without any process-group variables, plus quiet tokenizers."""
-    drop = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    return {**env, "TOKENIZERS_PARALLELISM": "false"}
-
-
-def run_generate(argv: list[str], ranks: int = 1) -> subprocess.CompletedProcess:
-    if ranks == 1:
-        launcher = [sys.executable, "-m", "generate"]
-    else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        launcher = ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(port)]
-        launcher += ["--module", "generate"]
-    proc = subprocess.run(
-        launcher + argv, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
 def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
@@ -195,7 +171,7 @@ def lines(path: Path) -> list[dict]:
 def reference(files: Path) -> list[dict]:
     """An uninterrupted one-rank run."""
     out = files / "reference.jsonl"
-    run_generate(command(files, out, "--batch_size", "8"))
+    run("generate", command(files, out, "--batch_size", "8"))
     rows = lines(out)
     ids = [e.id for e in load_examples(str(files / "data.jsonl"), task="math")[0]]
     assert [r["id"] for r in rows] == ids  # every id once, in input order
@@ -207,6 +183,8 @@ def reference(files: Path) -> list[dict]:
         "generation_ids",
         "task",
         "meta",
+        "model_fingerprint",
+        "tokenizer_fingerprint",
     }
     assert not Path(f"{out}.parts").exists()
     return rows
@@ -215,7 +193,7 @@ def reference(files: Path) -> list[dict]:
 @pytest.mark.slow
 def test_two_ranks_equal_one_rank(files: Path, reference: list[dict]) -> None:
     out = files / "two_ranks.jsonl"
-    run_generate(command(files, out, "--batch_size", "3"), ranks=2)
+    run("generate", command(files, out, "--batch_size", "3"), nproc=2)
     assert lines(out) == reference
     assert not Path(f"{out}.parts").exists()
 
@@ -230,13 +208,13 @@ def test_resume_from_parts_with_a_cut_line(files: Path, reference: list[dict]) -
     cut = json.dumps(reference[10])[:40]  # the crash came in the middle of this line
     (parts / "part-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:6]) + cut)
     (parts / "part-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[6:]))
-    proc = run_generate(command(files, out, "--batch_size", "4"))
+    proc = run("generate", command(files, out, "--batch_size", "4"))
     assert "10 done before, 30 to generate" in proc.stdout + proc.stderr
     assert lines(out) == [planted.get(r["id"], r) for r in reference]
     assert not parts.exists()
     # A complete output is left alone.
     before = out.stat().st_mtime_ns
-    proc = run_generate(command(files, out))
+    proc = run("generate", command(files, out))
     assert "already holds all 40 examples" in proc.stdout + proc.stderr
     assert out.stat().st_mtime_ns == before
 
@@ -246,7 +224,7 @@ def test_resume_after_sigkill(files: Path, reference: list[dict]) -> None:
     part = Path(f"{out}.parts") / "part-0.jsonl"
     argv = [sys.executable, "-m", "generate", *command(files, out, "--batch_size", "1")]
     proc = subprocess.Popen(
-        argv, cwd=REPO, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        argv, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 300
     while not (part.exists() and part.read_text().count("\n") >= 2):
@@ -257,20 +235,13 @@ def test_resume_after_sigkill(files: Path, reference: list[dict]) -> None:
     assert not out.exists()
     done = part.read_text().count("\n")
     assert 2 <= done < len(reference)
-    proc = run_generate(command(files, out, "--batch_size", "16"))
+    proc = run("generate", command(files, out, "--batch_size", "16"))
     assert f"{done} done before" in proc.stdout + proc.stderr
     assert lines(out) == reference
 
 
 def test_prompt_and_new_tokens_must_fit_the_model(files: Path) -> None:
     argv = command(files, files / "too_long.jsonl", "--max_prompt_length", "500")
-    proc = subprocess.run(
-        [sys.executable, "-m", "generate", *argv],
-        cwd=REPO,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run("generate", argv, check=False)
     assert proc.returncode != 0
     assert "exceed the model's 512 positions" in proc.stderr

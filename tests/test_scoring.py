@@ -138,3 +138,18 @@ def test_cli_writes_summary_and_examples(tmp_path: Path, capsys: pytest.CaptureF
     main([str(generations), "--task", "math", "--out", str(tmp_path / "out/summary.json")])
     assert (tmp_path / "out/summary.json").is_file()
     assert (tmp_path / "out/summary.examples.jsonl").is_file()
+
+
+def test_a_self_corrected_generation_is_scored_on_its_last_answer(tmp_path):
+    rows = [
+        {
+            "id": "a",
+            "generation": "x = 3\n#### 3\nCorrection:\nx = 4\n#### 4",
+            "reference": "#### 4",
+        },
+        {"id": "b", "generation": "#### 5\nCorrection:\n#### 6", "reference": "#### 5"},
+        {"id": "c", "generation": "#### 7", "reference": "#### 7"},
+    ]
+    path = tmp_path / "gen.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [e["correct"] for e in score_file(path, "math")["examples"]] == [True, False, True]

@@ -1,4 +1,13 @@
-"""Fine-tune a causal LM on prompt/response pairs under DeepSpeed ZeRO (supervised fine-tuning).
+"""Fine-tune a causal LM on prompt/response pairs under DeepSpeed ZeRO, in one of four modes:
+
+- sft:  supervised fine-tuning on ground-truth prefixes;
+- bash: Batch-Scheduled Sampling: each response position's input is the model's own token
+        (made offline by `generate --mode teacher_forced`) with probability p(step), targets
+        staying the reference;
+- scs:  online scheduled sampling: the same, with the model's tokens made at every step by a
+        no-grad forward pass of the current weights;
+- rac:  Reference-Answer-based Correction: samples of prompt, the model's draft, a correction
+        marker and the reference (made by `python -m data_tools.correction`).
 
     deepspeed --num_gpus 2 --module train --config configs/sft_demo.yaml
     python -m train --config configs/sft_demo.yaml --max_steps 100     # one process
@@ -24,6 +33,9 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from data_tools.atomic import write_jsonl
 from data_tools.collate import pad_right
+from data_tools.correction import encode_correction, read_draft_ids
+from data_tools.interleave import interleave
+from data_tools.schedules import SamplingSchedule
 from data_tools.schema import DataError
 from data_tools.tokenization import Encoded, encode_examples
 from runtime import distributed
@@ -37,22 +49,40 @@ from runtime.ds_config import (
     resolve_precision,
     zero_stage,
 )
+from runtime.fingerprint import model_fingerprint, tokenizer_fingerprint
 from runtime.modeling import load_model, load_tokenizer
+from runtime.self_tokens import teacher_forced_predictions
 from runtime.tracking import Tracker
 from train import checkpoint
 from train.args import TrainArgs
 from train.batches import BatchPlan
+from train.predictions import load_predictions
 
 
 def encode(
-    tokenizer, data_args: DataArgs, data: str | None = None, split: str | None = None
+    tokenizer,
+    data_args: DataArgs,
+    data: str | None = None,
+    split: str | None = None,
+    marker: str | None = None,
 ) -> list[Encoded]:
+    """Tokenized examples with the loss on the response; with a `marker` (RAC), samples of
+    prompt, the model's draft, the marker and the reference, the loss on the last two."""
     examples = data_args.load(data, split)
-    encoded, report = encode_examples(tokenizer, examples, data_args.max_length, data_args.overlong)
-    if distributed.is_main():
-        print(
-            f"{data or data_args.data} [{split or data_args.split}]: {report.summary()}", flush=True
+    if marker is None:
+        encoded, report = encode_examples(
+            tokenizer, examples, data_args.max_length, data_args.overlong
         )
+        summary = report.summary()
+    else:
+        drafts = read_draft_ids(data or data_args.data)
+        encoded = [
+            encode_correction(tokenizer, e, drafts[e.id], data_args.max_length, marker)
+            for e in examples
+        ]
+        summary = f"{len(encoded)} samples, {sum(drafts[e.id] is not None for e in examples)} with a draft"
+    if distributed.is_main():
+        print(f"{data or data_args.data} [{split or data_args.split}]: {summary}", flush=True)
     return encoded
 
 
@@ -118,12 +148,29 @@ def main() -> None:
 
     # Data: tokenized once per rank, in the same order on every rank.
     tokenizer = load_tokenizer(model_args.tokenizer_path())
-    train_set = encode(tokenizer, data_args)
+    marker = args.correction_marker if args.mode == "rac" else None
+    train_set = encode(tokenizer, data_args, marker=marker)
     eval_set = []
     if args.eval_data or args.eval_split:
         eval_set = encode(tokenizer, data_args, args.eval_data, args.eval_split)[
             : args.max_eval_examples
         ]
+    schedule, predictions = None, None
+    if args.mode in ("bash", "scs"):
+        schedule = SamplingSchedule(
+            args.ss_schedule,
+            args.ss_p_max,
+            args.ss_warmup_steps,
+            args.ss_ramp_steps,
+            args.ss_k,
+            args.ss_decay,
+        )
+    if args.mode == "bash":
+        fingerprints = (
+            tokenizer_fingerprint(tokenizer),
+            model_fingerprint(model_args.model_name_or_path),
+        )
+        predictions = load_predictions(args.predictions, train_set, *fingerprints)
     plan = BatchPlan(
         len(train_set), args.micro_batch_size, args.gradient_accumulation_steps, world, args.seed
     )
@@ -185,11 +232,23 @@ def main() -> None:
         started = time.perf_counter()
         batch_ids = plan.global_indices(step)
         trained_tokens = sum(train_set[i].num_trained for i in batch_ids)
-        step_loss = torch.zeros((), dtype=torch.float64, device=engine.device)
+        stats = torch.zeros(2, dtype=torch.float64, device=engine.device)  # loss, tokens replaced
+        p = schedule.p(step) if schedule else 0.0
         for micro in range(args.gradient_accumulation_steps):
-            inputs = pad_right(
-                [train_set[i] for i in plan.micro_indices(batch_ids, micro, rank)], pad_id
-            )
+            batch = [train_set[i] for i in plan.micro_indices(batch_ids, micro, rank)]
+            if schedule and p > 0:
+                # BASH reads the model's tokens from disk; SCS makes them now, with these weights.
+                own = (
+                    [predictions[e.id] for e in batch]
+                    if args.mode == "bash"
+                    else teacher_forced_predictions(engine, batch, pad_id)
+                )
+                mixed = [
+                    interleave(e, t, p, args.seed, step) for e, t in zip(batch, own, strict=True)
+                ]
+                batch = [e for e, _ in mixed]
+                stats[1] += sum(n for _, n in mixed)
+            inputs = pad_right(batch, pad_id)
             out = engine(
                 **{k: v.to(engine.device) for k, v in inputs.items()},
                 num_items_in_batch=trained_tokens,
@@ -197,16 +256,19 @@ def main() -> None:
             # DeepSpeed averages gradients over ranks and micro-steps; undo both for a token mean.
             engine.backward(out.loss * world * args.gradient_accumulation_steps)
             engine.step()
-            step_loss += out.loss.detach().double()
-        dist.all_reduce(step_loss)
+            stats[0] += out.loss.detach().double()
+        dist.all_reduce(stats)
         tokens = sum(len(train_set[i].input_ids) for i in batch_ids)
         metrics = {
-            "train/loss": step_loss.item(),
+            "train/loss": stats[0].item(),
             "train/lr": scheduler.get_last_lr()[0],
             "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
             "train/tokens_per_s": tokens / (time.perf_counter() - started),
             "train/trained_tokens": trained_tokens,
         }
+        if schedule:
+            metrics["train/p"] = p
+            metrics["train/replaced_fraction"] = stats[1].item() / trained_tokens
         if eval_set and (
             (args.eval_every and (step + 1) % args.eval_every == 0) or step + 1 == total_steps
         ):

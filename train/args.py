@@ -4,10 +4,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from data_tools.prompting import CORRECTION_MARKER
+
 
 @dataclass
 class TrainArgs:
     output_dir: str = field(metadata={"help": "run folder: checkpoints/, export/, wandb/"})
+    mode: str = field(
+        default="sft", metadata={"help": "sft, bash, scs or rac (see train/__main__.py)"}
+    )
+    predictions: str | None = field(
+        default=None,
+        metadata={
+            "help": "bash: the model's tokens, from generate --mode teacher_forced (or free)"
+        },
+    )
+    ss_schedule: str = field(
+        default="linear",
+        metadata={"help": "bash/scs: p over steps: constant, linear, inverse_sigmoid, exponential"},
+    )
+    ss_p_max: float = field(default=0.25, metadata={"help": "bash/scs: the largest p"})
+    ss_warmup_steps: int = field(
+        default=0, metadata={"help": "bash/scs: steps of pure ground truth first"}
+    )
+    ss_ramp_steps: int = field(
+        default=100, metadata={"help": "bash/scs, linear: steps from 0 to p_max"}
+    )
+    ss_k: float = field(default=20.0, metadata={"help": "bash/scs, inverse_sigmoid: k"})
+    ss_decay: float = field(
+        default=0.99, metadata={"help": "bash/scs, exponential: ground-truth decay"}
+    )
+    correction_marker: str = field(
+        default=CORRECTION_MARKER, metadata={"help": "rac: between draft and reference"}
+    )
     deepspeed_config: str = field(
         default="ds_configs/zero2.json", metadata={"help": "a file from ds_configs/"}
     )
@@ -61,3 +90,11 @@ class TrainArgs:
     log_file: bool = field(
         default=True, metadata={"help": "also write per-step metrics to output_dir/metrics.jsonl"}
     )
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("sft", "bash", "scs", "rac"):
+            raise ValueError(f"mode must be sft, bash, scs or rac, got {self.mode!r}")
+        if self.mode == "bash" and not self.predictions:
+            raise ValueError(
+                "mode bash needs predictions: a file from generate --mode teacher_forced"
+            )

@@ -1,0 +1,405 @@
+"""RAC (Reference-Answer-based Correction): samples in which the model corrects its own draft.
+
+A correction sample is
+
+    prompt | draft | marker | reference EOS
+
+where the draft is the model's own (offline) generation for the prompt, the marker is a fixed
+text (`CORRECTION_MARKER`) and the reference is the dataset's response. The loss is on the
+marker, the reference and the EOS only: never on the prompt, nor on the draft, whose mistakes
+must not be learnt. The model learns to follow a draft of its own with the marker and a correct
+answer; at inference (self-correction) the answer is the text after the last marker
+(`final_answer_text`). Plain SFT samples (prompt | reference EOS) are mixed in so that the model
+still answers directly (`build_rac_samples`).
+
+    python -m data_tools.correction --data train.jsonl --drafts drafts.jsonl \\
+        --tokenizer runs/demo/tokenizer --out rac.jsonl --variant first_divergence --mix 0.5
+
+writes rows {"id", "prompt", "response", "draft_ids", "task", "meta"} (draft_ids null for the
+plain samples): `load_examples` reads them as examples, `read_draft_ids` their drafts, and
+`encode_correction` makes the training samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from data_tools.atomic import write_jsonl
+from data_tools.prompting import CORRECTION_MARKER
+from data_tools.schema import TASKS, DataError, Example
+from data_tools.scoring import math_exact_match
+from data_tools.sources import load_examples
+from data_tools.tokenization import IGNORE_INDEX, Encoded, TruncationReport, cut_left, prompt_ids
+
+CUT_VARIANTS = ("whole", "first_divergence", "random")
+
+
+@dataclass
+class CorrectionReport(TruncationReport):
+    """What `encode_correction`'s truncation policy did: prompts cut from the left, then drafts
+    from their end."""
+
+    drafts_cut: int = 0
+    draft_tokens_cut: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"{super().summary()}, {self.drafts_cut} drafts cut from the end "
+            f"({self.draft_tokens_cut} tokens)"
+        )
+
+
+def _check_marker(marker: str) -> None:
+    if not marker:
+        raise ValueError("the correction marker must not be empty")
+
+
+def _strip_eos(ids: Sequence[int], eos_id: int) -> list[int]:
+    """A generation without the EOS it stopped on (generate keeps it)."""
+    return list(ids[:-1]) if ids and ids[-1] == eos_id else list(ids)
+
+
+def _reference_ids(tokenizer: PreTrainedTokenizerBase, responses: Sequence[str]) -> list[list[int]]:
+    """Responses tokenized exactly as `encode_examples` does, without the EOS."""
+    return tokenizer(list(responses), add_special_tokens=False, split_special_tokens=True)[
+        "input_ids"
+    ]
+
+
+def encode_correction(
+    tokenizer: PreTrainedTokenizerBase,
+    example: Example,
+    draft_ids: Sequence[int] | None,
+    max_length: int,
+    marker: str = CORRECTION_MARKER,
+    report: CorrectionReport | None = None,
+) -> Encoded:
+    """The training sample prompt | draft | marker | reference EOS, with labels on marker,
+    reference and EOS only.
+
+    `draft_ids` are the model's tokens as generated (a trailing EOS is dropped); marker and
+    reference are tokenized on their own, so they are the same tokens whatever the draft ends
+    with. Without a draft, or with a draft equal to the reference, this is the plain SFT sample,
+    exactly as `encode_examples` makes it; an empty draft gives prompt | marker | reference EOS
+    (`build_rac_samples` leaves such drafts out). Truncation to `max_length` keeps the marker, reference and EOS
+    whole; it first cuts the prompt from the left (keeping its BOS and at least one token, as
+    `encode_examples` does), then the draft from its end (keeping its start, where the model
+    went wrong first). A reference that cannot fit even then is a `DataError` on 'response'.
+    `report`, when given, counts what was cut.
+    """
+    _check_marker(marker)
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    prompt = prompt_ids(tokenizer, [example.prompt])[0]
+    reference = _reference_ids(tokenizer, [example.response])[0]
+    draft = [] if draft_ids is None else _strip_eos(draft_ids, eos)
+    if draft_ids is None or draft == reference:
+        draft, marker_ids = [], []
+    else:
+        marker_ids = tokenizer(marker, add_special_tokens=False, split_special_tokens=True)[
+            "input_ids"
+        ]
+    tail = marker_ids + reference + [eos]
+    room = max_length - len(tail)
+    min_prompt = 2 if prompt and prompt[0] == bos else 1
+    if room < min_prompt:
+        raise DataError(
+            example.origin or f"example {example.id}",
+            "response",
+            f"{len(marker_ids)} marker + {len(reference) + 1} response tokens leave no room for "
+            f"the prompt in max_length={max_length}",
+        )
+    excess = len(prompt) + len(draft) - room
+    prompt_cut = min(max(excess, 0), max(len(prompt) - min_prompt, 0))
+    draft_cut = max(excess, 0) - prompt_cut
+    if prompt_cut:
+        prompt = cut_left(prompt, len(prompt) - prompt_cut, bos)
+    if draft_cut:
+        draft = draft[: len(draft) - draft_cut]
+    if report is not None:
+        report.examples += 1
+        report.prompts_cut += prompt_cut > 0
+        report.prompt_tokens_cut += prompt_cut
+        report.drafts_cut += draft_cut > 0
+        report.draft_tokens_cut += draft_cut
+    context = prompt + draft
+    return Encoded(example.id, context + tail, [IGNORE_INDEX] * len(context) + tail)
+
+
+def cut_draft(
+    draft_ids: Sequence[int], reference_ids: Sequence[int], variant: str, rng: random.Random
+) -> list[int]:
+    """The part of a draft (without EOS) that a correction sample shows; `reference_ids` are
+    the reference's tokens without EOS.
+
+    - "whole": the draft as it is.
+    - "first_divergence": the draft up to and including its first token that differs from the
+      reference, so the correction follows the first mistake. Past the reference's end every
+      draft token differs (the reference had its EOS there): a draft that continues the whole
+      reference is cut one token after it. A draft that never differs (a prefix of the
+      reference: it stopped early) is kept whole; its mistake is to have stopped.
+    - "random": the first c tokens, c uniform in 1..len(draft), drawn from `rng` (which only
+      `random()` is asked of, since its sequence per seed is stable across Python versions).
+
+    An empty draft stays empty.
+    """
+    if variant not in CUT_VARIANTS:
+        raise ValueError(f"cut variant must be one of {CUT_VARIANTS}, got {variant!r}")
+    draft = list(draft_ids)
+    if variant == "whole" or not draft:
+        return draft
+    if variant == "first_divergence":
+        for i, token in enumerate(draft):
+            if i >= len(reference_ids) or token != reference_ids[i]:
+                return draft[: i + 1]
+        return draft
+    return draft[: 1 + int(rng.random() * len(draft))]
+
+
+def _hash_int(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256("\x00".join(map(str, parts)).encode()).digest(), "little")
+
+
+def _is_right(tokenizer: PreTrainedTokenizerBase, draft: list[int], example: Example) -> bool:
+    try:
+        return math_exact_match(tokenizer.decode(draft, skip_special_tokens=True), example.response)
+    except ValueError as e:
+        raise DataError(example.origin or f"example {example.id}", "response", str(e)) from e
+
+
+def build_rac_samples(
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example],
+    drafts: dict[str, list[list[int]]],
+    *,
+    variant: str = "first_divergence",
+    mix: float = 0.5,
+    only_wrong: bool = False,
+    seed: int = 0,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """RAC training rows from the examples and the model's drafts (example id -> token id lists,
+    several per example allowed), and a report of counts.
+
+    Each draft (its EOS dropped) becomes one correction sample, cut by `variant`, unless it is
+    empty, equal to the reference (nothing to correct), or, with `only_wrong`, has the right
+    final answer (math only: `math_exact_match` on its text; other tasks have no right answer to
+    check, so `only_wrong` is refused for them). For math, the report counts right and wrong
+    among the drafts neither empty nor equal to the reference.
+
+    `mix` is the fraction of the rows that are correction samples: every kept correction sample
+    is used, and round(kept * (1 - mix) / mix) plain SFT samples (draft_ids null) are added,
+    taken from all `examples` in a seeded order; an example repeats only once every example has
+    been taken (several drafts per example can need more plain samples than there are
+    examples). mix = 1 adds none.
+
+    Ids are "<id>#rac<k>" (the k-th draft of the example, counted before filtering) and
+    "<id>#sft<r>" (its r-th plain copy); rows come in the order of `examples`, corrections
+    first. Everything random (the "random" cut, the plain samples' order) is a function of
+    `seed` and the ids, so the same inputs give the same rows.
+    """
+    if variant not in CUT_VARIANTS:
+        raise ValueError(f"cut variant must be one of {CUT_VARIANTS}, got {variant!r}")
+    if not examples:
+        raise ValueError("no examples to build RAC samples from")
+    if not 0 < mix <= 1:
+        raise ValueError(f"mix (the fraction of correction samples) must be in (0, 1], got {mix}")
+    tasks = sorted({e.task for e in examples})
+    if only_wrong and tasks != ["math"]:
+        raise ValueError(
+            f"only_wrong keeps drafts whose final answer is wrong, which can be checked for task "
+            f"'math' only; the examples have task(s) {tasks}"
+        )
+    unknown = sorted(set(drafts) - {e.id for e in examples})
+    if unknown:
+        raise ValueError(f"drafts for {len(unknown)} ids not in the examples: {unknown[:5]}")
+    scored = tasks == ["math"]
+    report: dict[str, Any] = {
+        "examples": len(examples),
+        "drafts": 0,
+        "empty": 0,
+        "equal_to_reference": 0,
+        "right": 0 if scored else None,
+        "wrong": 0 if scored else None,
+        "kept": 0,
+        "plain": 0,
+        "rows": 0,
+    }
+    corrections: dict[str, list[dict[str, Any]]] = {e.id: [] for e in examples}
+    references = _reference_ids(tokenizer, [e.response for e in examples])
+    for example, reference in zip(examples, references, strict=True):
+        for k, draft_ids in enumerate(drafts.get(example.id, [])):
+            report["drafts"] += 1
+            draft = _strip_eos(draft_ids, tokenizer.eos_token_id)
+            if not draft:
+                report["empty"] += 1
+                continue
+            if draft == reference:
+                report["equal_to_reference"] += 1
+                continue
+            if scored:
+                right = _is_right(tokenizer, draft, example)
+                report["right" if right else "wrong"] += 1
+                if only_wrong and right:
+                    continue
+            rng = random.Random(_hash_int(seed, example.id, k))
+            corrections[example.id].append(
+                _row(example, f"#rac{k}", cut_draft(draft, reference, variant, rng), {"draft": k})
+            )
+    kept = sum(map(len, corrections.values()))
+    n_plain = round(kept * (1 - mix) / mix)
+    order = sorted(examples, key=lambda e: _hash_int(seed, "plain", e.id))
+    copies = {e.id: 0 for e in examples}
+    for i in range(n_plain):
+        copies[order[i % len(order)].id] += 1
+    rows = []
+    for example in examples:
+        rows += corrections[example.id]
+        rows += [_row(example, f"#sft{r}", None, {}) for r in range(copies[example.id])]
+    report.update(kept=kept, plain=n_plain, rows=len(rows))
+    return rows, report
+
+
+def _row(
+    example: Example, suffix: str, draft_ids: list[int] | None, meta: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "id": example.id + suffix,
+        "prompt": example.prompt,
+        "response": example.response,
+        "draft_ids": draft_ids,
+        "task": example.task,
+        "meta": {**example.meta, "source_id": example.id, **meta},
+    }
+
+
+def _is_token_list(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in value
+    )
+
+
+def _jsonl_objects(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """("file:line", row) for every non-blank line, each checked to be a JSON object."""
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(where, None, f"malformed JSON: {e}") from e
+            if not isinstance(row, dict):
+                raise DataError(where, None, f"expected a JSON object, got {type(row).__name__}")
+            rows.append((where, row))
+    return rows
+
+
+def read_drafts(path: str | Path, known_ids: set[str]) -> dict[str, list[list[int]]]:
+    """Drafts from a generation jsonl (rows with "id" and "generation_ids"), grouped by example:
+    by meta.source_id when a row has one (several samples per prompt), else by its id. A draft
+    for an id not in `known_ids` is refused with its file and line."""
+    drafts: dict[str, list[list[int]]] = {}
+    seen: dict[str, str] = {}
+    for where, row in _jsonl_objects(Path(path)):
+        row_id, ids = row.get("id"), row.get("generation_ids")
+        if not isinstance(row_id, str):
+            raise DataError(where, "id", "missing or not a string")
+        if row_id in seen:
+            raise DataError(where, "id", f"duplicate id {row_id!r}, first at {seen[row_id]}")
+        seen[row_id] = where
+        if not _is_token_list(ids):
+            raise DataError(where, "generation_ids", "missing or not a list of integers")
+        meta = row.get("meta")
+        source = meta.get("source_id", row_id) if isinstance(meta, dict) else row_id
+        if source not in known_ids:
+            raise DataError(where, "id", f"{source!r} is not an example of the data")
+        drafts.setdefault(source, []).append(ids)
+    return drafts
+
+
+def read_draft_ids(path: str | Path) -> dict[str, list[int] | None]:
+    """The "draft_ids" of every row written by the CLI, by row id (None for a plain sample).
+    The rows themselves load as examples with `load_examples` (format "plain")."""
+    drafts: dict[str, list[int] | None] = {}
+    seen: dict[str, str] = {}
+    for where, row in _jsonl_objects(Path(path)):
+        row_id = row.get("id")
+        if not isinstance(row_id, str):
+            raise DataError(where, "id", "missing or not a string")
+        if row_id in seen:
+            raise DataError(where, "id", f"duplicate id {row_id!r}, first at {seen[row_id]}")
+        seen[row_id] = where
+        if "draft_ids" not in row:
+            raise DataError(
+                where,
+                "draft_ids",
+                "missing (null for a plain sample); RAC data is made by python -m data_tools.correction",
+            )
+        draft = row["draft_ids"]
+        if draft is not None and not _is_token_list(draft):
+            raise DataError(where, "draft_ids", "expected null or a list of integers")
+        drafts[row_id] = draft
+    return drafts
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--data", required=True, help="the training data (file or hub dataset)")
+    p.add_argument("--task", default="math", choices=TASKS)
+    p.add_argument("--drafts", required=True, help="generation jsonl with the model's drafts")
+    p.add_argument("--tokenizer", required=True, help="the model's tokenizer (folder or hub name)")
+    p.add_argument("--out", required=True, help="the RAC jsonl to write")
+    p.add_argument("--variant", default="first_divergence", choices=CUT_VARIANTS)
+    p.add_argument("--mix", type=float, default=0.5, help="fraction of correction samples")
+    p.add_argument("--only-wrong", action="store_true", help="keep drafts with a wrong answer")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=512,
+        help="training's max_length: every sample is encoded once to check that it fits",
+    )
+    p.add_argument("--marker", default=CORRECTION_MARKER, help="training's correction marker")
+    args = p.parse_args(argv)
+
+    examples, _ = load_examples(args.data, task=args.task)
+    drafts = read_drafts(args.drafts, {e.id for e in examples})
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    rows, report = build_rac_samples(
+        tokenizer,
+        examples,
+        drafts,
+        variant=args.variant,
+        mix=args.mix,
+        only_wrong=args.only_wrong,
+        seed=args.seed,
+    )
+    if not rows:
+        raise SystemExit(f"no correction samples to write: {json.dumps(report)}")
+    truncation = CorrectionReport()
+    by_id = {e.id: e for e in examples}
+    for row in rows:
+        example = by_id[row["meta"]["source_id"]]
+        encode_correction(
+            tokenizer, example, row["draft_ids"], args.max_length, args.marker, truncation
+        )
+    write_jsonl(args.out, rows)
+    print(json.dumps(report))
+    print(truncation.summary())
+    print(f"wrote {len(rows)} rows to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The comparison pipeline: SFT, self-generated tokens, BASH / RAC / SCS training, evaluation."""

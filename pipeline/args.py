@@ -1,0 +1,60 @@
+"""Pipeline options: one YAML file says the whole comparison."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+METHODS = ("sft", "bash", "rac", "scs")
+
+
+@dataclass
+class PipelineArgs:
+    run_dir: str = field(metadata={"help": "everything goes here; a rerun skips finished stages"})
+    nproc: int = field(
+        default=2, metadata={"help": "processes per deepspeed stage (GPUs, or CPU processes)"}
+    )
+    seed: int = 0
+    # The task: a folder with train/validation/test.jsonl, or (when empty) the synthetic task.
+    data_dir: str | None = None
+    synthetic_sizes: str = field(default="train=20000,validation=500,test=500")
+    max_length: int = 256
+    max_new_tokens: int = 160
+    eval_split: str = field(
+        default="test", metadata={"help": "test (once, for results) or validation (tuning)"}
+    )
+    # The model: a pretrained one, or a new one from a config with a tokenizer trained on the data.
+    model_name_or_path: str | None = None
+    model_config: str = "configs/models/tiny-llama.json"
+    deepspeed_config: str = "ds_configs/zero2.json"
+    micro_batch_size: int = 16
+    sft_steps: int = field(
+        default=500, metadata={"help": "steps of the SFT model the methods start from"}
+    )
+    sft_learning_rate: float = 3e-3
+    method_steps: int = field(
+        default=150, metadata={"help": "steps of every method from the SFT model"}
+    )
+    method_learning_rate: float = 1e-3
+    methods: str = field(
+        default="sft,bash,rac,scs", metadata={"help": "sft here means SFT continued"}
+    )
+    # BASH and SCS
+    ss_schedule: str = "linear"
+    ss_p_max: float = 0.25
+    ss_warmup_steps: int = 0
+    ss_ramp_steps: int = 100
+    bash_rounds: int = field(default=1, metadata={"help": "regenerate the predictions every round"})
+    # RAC
+    rac_prompts: int = field(
+        default=4000, metadata={"help": "training prompts the SFT model drafts for"}
+    )
+    rac_variant: str = "first_divergence"
+    rac_mix: float = 0.5
+    rac_only_wrong: bool = False
+
+    def method_list(self) -> list[str]:
+        methods = [m.strip() for m in self.methods.split(",") if m.strip()]
+        unknown = set(methods) - set(METHODS)
+        if unknown:
+            raise ValueError(f"unknown methods {sorted(unknown)}; known: {METHODS}")
+        return methods

@@ -1,0 +1,42 @@
+"""Fingerprints of a tokenizer and of a checkpoint's weights, stored beside self-generated
+tokens so that training refuses tokens made by another tokenizer or another model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The vocabulary, the special tokens and the chat template: what decides the token ids."""
+    state = {
+        "vocab": sorted(tokenizer.get_vocab().items()),
+        "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+        "chat_template": tokenizer.chat_template,
+    }
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_fingerprint(name_or_path: str | None) -> str:
+    """A hash of the weight files of a local model folder; for a hub name, of the cached
+    snapshot's weight files; "new:<config>" stands for a model initialised from a config."""
+    if name_or_path is None:
+        return "new"
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(name_or_path, allow_patterns=["*.safetensors"]))
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{name_or_path}: no .safetensors weights to fingerprint")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]

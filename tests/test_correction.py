@@ -1,0 +1,320 @@
+"""RAC samples: the loss mask (marker and reference only), the cut variants, the truncation
+policy, building the mixed dataset, reading the answer after the marker, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from transformers import PreTrainedTokenizerBase
+
+from data_tools.correction import (
+    CorrectionReport,
+    build_rac_samples,
+    cut_draft,
+    encode_correction,
+    main,
+    read_draft_ids,
+)
+from data_tools.prompting import CORRECTION_MARKER, final_answer_text
+from data_tools.schema import DataError, Example
+from data_tools.sources import load_examples
+from data_tools.tokenization import IGNORE_INDEX, encode_examples
+
+QUESTION = "Tom has 5 apples. He buys 3 more. How many apples does Tom have now?"
+REFERENCE = "Tom now has 5+3 = <<5+3=8>>8 apples.\n#### 8"
+
+
+def ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
+def example(i: int = 0, task: str = "math") -> Example:
+    return Example(f"ex{i}", QUESTION, REFERENCE, task, f"data.jsonl:{i + 1}", {"num_steps": 1})
+
+
+def sft(tokenizer: PreTrainedTokenizerBase, e: Example, max_length: int = 256):
+    return encode_examples(tokenizer, [e], max_length)[0][0]
+
+
+@pytest.mark.parametrize("marker", [CORRECTION_MARKER, "\nWait, let me fix that:\n"])
+def test_loss_on_marker_and_reference_only(tokenizer: PreTrainedTokenizerBase, marker: str) -> None:
+    e = example()
+    plain = sft(tokenizer, e)
+    reference = ids(tokenizer, REFERENCE) + [tokenizer.eos_token_id]
+    prompt = plain.input_ids[: -len(reference)]
+    draft = ids(tokenizer, "Tom now has 5*3 = <<5*3=15>>15 apples.\n#### 15")
+    marker_ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
+    for draft_ids in (draft, draft + [tokenizer.eos_token_id]):  # generate keeps the EOS
+        out = encode_correction(tokenizer, e, draft_ids, 256, marker)
+        assert out.id == e.id
+        assert out.input_ids == prompt + draft + marker_ids + reference
+        assert out.labels == [IGNORE_INDEX] * (len(prompt) + len(draft)) + marker_ids + reference
+    # The self-correcting generation's answer is what follows the marker.
+    text = tokenizer.decode(draft + marker_ids + reference, skip_special_tokens=True)
+    assert final_answer_text(text, marker).strip() == REFERENCE
+
+
+def test_plain_when_no_draft_or_draft_is_the_reference(tokenizer: PreTrainedTokenizerBase) -> None:
+    e = example()
+    plain = sft(tokenizer, e, 40)
+    reference = ids(tokenizer, REFERENCE)
+    for draft in (None, reference, reference + [tokenizer.eos_token_id]):
+        assert encode_correction(tokenizer, e, draft, 40) == plain
+
+
+def test_truncation_cuts_the_prompt_then_the_draft(tokenizer: PreTrainedTokenizerBase) -> None:
+    e = example()
+    draft = ids(tokenizer, "Tom has 15 apples.\n#### 15")
+    full = encode_correction(tokenizer, e, draft, 1000)
+    tail = tokenizer(CORRECTION_MARKER, add_special_tokens=False)["input_ids"]
+    tail += ids(tokenizer, REFERENCE) + [tokenizer.eos_token_id]
+    prompt = full.input_ids[: len(full.input_ids) - len(draft) - len(tail)]
+    assert prompt[0] == tokenizer.bos_token_id and len(prompt) > 5
+    bos = tokenizer.bos_token_id
+
+    # 3 tokens too long: the prompt loses 3 tokens after its BOS; the draft is whole.
+    report = CorrectionReport()
+    out = encode_correction(tokenizer, e, draft, len(full.input_ids) - 3, report=report)
+    assert out.input_ids == [bos] + prompt[4:] + draft + tail
+    assert out.labels == [IGNORE_INDEX] * (len(prompt) - 3 + len(draft)) + tail
+    assert (report.prompts_cut, report.prompt_tokens_cut, report.drafts_cut) == (1, 3, 0)
+
+    # The prompt down to BOS and its last token, then the draft from its end (its start stays).
+    report = CorrectionReport()
+    max_length = 2 + 4 + len(tail)
+    out = encode_correction(tokenizer, e, draft, max_length, report=report)
+    assert out.input_ids == [bos, prompt[-1]] + draft[:4] + tail
+    assert len(out.input_ids) == max_length
+    assert (report.prompt_tokens_cut, report.drafts_cut, report.draft_tokens_cut) == (
+        len(prompt) - 2,
+        1,
+        len(draft) - 4,
+    )
+    assert "1 drafts cut from the end" in report.summary()
+
+    # No room for a draft at all, then no room for the prompt: the marker and reference stay
+    # whole or the example is refused.
+    out = encode_correction(tokenizer, e, draft, 2 + len(tail))
+    assert out.input_ids == [bos, prompt[-1]] + tail
+    with pytest.raises(DataError, match="data.jsonl:1: field 'response'.*no room"):
+        encode_correction(tokenizer, e, draft, 1 + len(tail))
+
+
+TEXT = st.text(st.sampled_from(list("Tom has 12 apples.\n#### <<3+4=7>>")), min_size=1, max_size=60)
+
+
+@given(
+    prompt=TEXT,
+    response=TEXT,
+    draft=st.none() | st.integers(0, 50).map(lambda n: [5 + 7 * i % 300 for i in range(n)]),
+    room=st.integers(-1, 70),
+)
+@settings(max_examples=80, deadline=None)
+def test_truncation_policy_property(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, draft, room: int
+) -> None:
+    """Without a draft, exactly `encode_examples`; with one, the marker, reference and EOS are
+    whole and trained, the prompt is BOS + a suffix, and the draft loses its end only once the
+    prompt is down to BOS and one token. `room` is what max_length leaves beside the tail."""
+    reference = ids(tokenizer, response)
+    assume(draft != reference)
+    e = Example("p", prompt, response, "math", "data.jsonl:1")
+    marker = (
+        tokenizer(CORRECTION_MARKER, add_special_tokens=False)["input_ids"]
+        if draft is not None
+        else []
+    )
+    tail = marker + reference + [tokenizer.eos_token_id]
+    max_length = len(tail) + room
+    if room < 2:  # not even BOS and one prompt token
+        with pytest.raises(DataError, match="data.jsonl:1: field 'response'"):
+            encode_correction(tokenizer, e, draft, max_length)
+        return
+    out = encode_correction(tokenizer, e, draft, max_length)
+    if draft is None:
+        assert out == sft(tokenizer, e, max_length)
+        return
+    full_prompt = sft(tokenizer, e, 10_000).input_ids[: -len(reference) - 1]
+    # Nothing is cut that need not be.
+    assert len(out.input_ids) == min(max_length, len(full_prompt) + len(draft) + len(tail))
+    assert out.labels == [IGNORE_INDEX] * (len(out.input_ids) - len(tail)) + tail
+    context = out.input_ids[: len(out.input_ids) - len(tail)]
+    n_prompt = max(2, len(context) - len(draft))  # the draft is whole or the prompt is minimal
+    kept_prompt, kept_draft = context[:n_prompt], context[n_prompt:]
+    assert kept_prompt[0] == tokenizer.bos_token_id
+    assert kept_prompt[1:] == full_prompt[len(full_prompt) - n_prompt + 1 :]
+    assert kept_draft == draft[: len(kept_draft)]
+
+
+def test_cut_variants() -> None:
+    rng = random.Random(0)
+    reference = [1, 2, 3, 4, 5]
+    draft = [1, 2, 9, 4, 7, 8]
+    assert cut_draft(draft, reference, "whole", rng) == draft
+    assert cut_draft(draft, reference, "first_divergence", rng) == [1, 2, 9]
+    assert cut_draft([7, 2, 3], reference, "first_divergence", rng) == [7]
+    assert cut_draft([1, 2], reference, "first_divergence", rng) == [1, 2]  # stopped early
+    assert cut_draft([1, 2, 3, 4, 5, 6, 7], reference, "first_divergence", rng) == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
+    cuts = [cut_draft(draft, reference, "random", random.Random(s)) for s in range(300)]
+    assert {len(c) for c in cuts} == set(range(1, len(draft) + 1))
+    assert all(c == draft[: len(c)] for c in cuts)
+    assert cut_draft([], reference, "random", rng) == []
+    with pytest.raises(ValueError, match="cut variant"):
+        cut_draft(draft, reference, "longest", rng)
+
+
+def drafts_for(tokenizer: PreTrainedTokenizerBase) -> dict[str, list[list[int]]]:
+    eos = tokenizer.eos_token_id
+    wrong = ids(tokenizer, "Tom now has 5*3 = <<5*3=15>>15 apples.\n#### 15") + [eos]
+    right = ids(tokenizer, "Tom has 5 + 3 = 8 apples.\n#### 8") + [eos]
+    return {
+        "ex0": [wrong, right, ids(tokenizer, REFERENCE) + [eos], [eos]],
+        "ex1": [wrong],
+        "ex2": [right, wrong[:-3]],  # the second was cut by max_new_tokens: no EOS
+    }
+
+
+def test_build_counts_and_rows(tokenizer: PreTrainedTokenizerBase) -> None:
+    examples = [example(i) for i in range(4)]
+    rows, report = build_rac_samples(tokenizer, examples, drafts_for(tokenizer), mix=0.5)
+    assert report == {
+        "examples": 4,
+        "drafts": 7,
+        "empty": 1,
+        "equal_to_reference": 1,
+        "right": 2,
+        "wrong": 3,
+        "kept": 5,
+        "plain": 5,
+        "rows": 10,
+    }
+    assert [r["id"] for r in rows if r["draft_ids"] is not None] == [
+        "ex0#rac0",
+        "ex0#rac1",
+        "ex1#rac0",
+        "ex2#rac0",
+        "ex2#rac1",
+    ]
+    assert len({r["id"] for r in rows}) == len(rows)
+    # 5 plain samples from 4 examples: each once, one of them twice.
+    plain = {r["id"] for r in rows if r["draft_ids"] is None}
+    assert len(plain) == 5 and {f"ex{i}#sft0" for i in range(4)} < plain
+    assert len([i for i in plain if i.endswith("#sft1")]) == 1
+    first = rows[0]
+    assert first["prompt"] == QUESTION and first["response"] == REFERENCE
+    assert first["task"] == "math"
+    assert first["meta"] == {"num_steps": 1, "source_id": "ex0", "draft": 0}
+    # first_divergence: the wrong draft up to its first differing token, EOS dropped.
+    wrong = drafts_for(tokenizer)["ex0"][0]
+    assert first["draft_ids"] == cut_draft(
+        wrong[:-1], ids(tokenizer, REFERENCE), "first_divergence", random.Random()
+    )
+    assert len(first["draft_ids"]) < len(wrong) - 1
+
+
+def test_build_only_wrong_and_mix(tokenizer: PreTrainedTokenizerBase) -> None:
+    examples = [example(i) for i in range(3)]
+    drafts = drafts_for(tokenizer)
+    rows, report = build_rac_samples(tokenizer, examples, drafts, only_wrong=True, mix=1.0)
+    assert [r["id"] for r in rows] == ["ex0#rac0", "ex1#rac0", "ex2#rac1"]
+    assert (report["kept"], report["plain"]) == (3, 0)
+
+    # 3 corrections at mix 0.25 need 9 plain samples: each of the 3 examples three times.
+    rows, report = build_rac_samples(tokenizer, examples, drafts, only_wrong=True, mix=0.25)
+    plain = [r["id"] for r in rows if r["draft_ids"] is None]
+    assert report["plain"] == 9 and len(rows) == 12
+    assert sorted(plain) == sorted(f"ex{i}#sft{r}" for i in range(3) for r in range(3))
+
+    with pytest.raises(ValueError, match="only_wrong.*'math' only"):
+        build_rac_samples(tokenizer, [example(0, "qa")], {}, only_wrong=True)
+    rows, report = build_rac_samples(tokenizer, [example(0, "qa")], {"ex0": drafts["ex1"]})
+    assert report["right"] is None and report["kept"] == 1
+    with pytest.raises(ValueError, match="mix"):
+        build_rac_samples(tokenizer, examples, drafts, mix=0.0)
+    with pytest.raises(ValueError, match="not in the examples"):
+        build_rac_samples(tokenizer, examples[:1], drafts)
+
+
+def test_build_is_deterministic(tokenizer: PreTrainedTokenizerBase) -> None:
+    examples = [example(i) for i in range(5)]
+    drafts = drafts_for(tokenizer)
+
+    def build(seed: int) -> list[dict]:
+        return build_rac_samples(tokenizer, examples, drafts, variant="random", mix=0.3, seed=seed)[
+            0
+        ]
+
+    assert build(0) == build(0)
+    assert any(build(0) != build(seed) for seed in range(1, 5))
+
+
+def test_final_answer_text() -> None:
+    text = f"Tom has 15.{CORRECTION_MARKER}Tom has 9.{CORRECTION_MARKER}Tom has 8.\n#### 8"
+    assert final_answer_text(text) == "Tom has 8.\n#### 8"
+    assert final_answer_text("#### 8") == "#### 8"
+    assert final_answer_text("a FIX b FIX c", marker=" FIX ") == "c"
+    with pytest.raises(ValueError, match="marker"):
+        final_answer_text("x", marker="")
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_cli_round_trip(tokenizer: PreTrainedTokenizerBase, tmp_path: Path, capsys) -> None:
+    tokenizer.save_pretrained(tmp_path / "tok")
+    data = write_jsonl(
+        tmp_path / "train.jsonl",
+        [{"id": f"ex{i}", "question": QUESTION, "answer": REFERENCE} for i in range(3)],
+    )
+    drafts = drafts_for(tokenizer)
+    generations = [
+        {"id": f"{source}-s{k}", "generation_ids": d, "meta": {"source_id": source, "sample": k}}
+        for source, ds in drafts.items()
+        for k, d in enumerate(ds)
+    ]
+    gen = write_jsonl(tmp_path / "drafts.jsonl", generations)
+    out = tmp_path / "rac.jsonl"
+    argv = ["--data", str(data), "--drafts", str(gen), "--tokenizer", str(tmp_path / "tok")]
+    main([*argv, "--out", str(out), "--only-wrong", "--seed", "3"])
+    printed = capsys.readouterr().out
+    assert '"kept": 3' in printed and "wrote 6 rows" in printed
+
+    examples = [Example(f"ex{i}", QUESTION, REFERENCE, "math") for i in range(3)]
+    expected, _ = build_rac_samples(tokenizer, examples, drafts, only_wrong=True, seed=3)
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert lines == expected
+    loaded, _ = load_examples(str(out), task="math")
+    draft_ids = read_draft_ids(out)
+    assert [(e.id, draft_ids[e.id]) for e in loaded] == [
+        (r["id"], r["draft_ids"]) for r in expected
+    ]
+    for e in loaded:
+        assert encode_correction(tokenizer, e, draft_ids[e.id], 256).num_trained > 0
+
+    plain_data = write_jsonl(
+        tmp_path / "plain.jsonl", [{"id": "a", "prompt": "q", "response": "r"}]
+    )
+    with pytest.raises(DataError, match=r"plain.jsonl:1: field 'draft_ids': missing"):
+        read_draft_ids(plain_data)
+
+    bad = write_jsonl(
+        tmp_path / "bad.jsonl", [generations[0], {"id": "nope", "generation_ids": []}]
+    )
+    with pytest.raises(DataError, match=r"bad.jsonl:2: field 'id': 'nope' is not an example"):
+        main(
+            ["--data", str(data), "--drafts", str(bad), "--tokenizer", "unused", "--out", str(out)]
+        )
