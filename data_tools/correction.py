@@ -358,6 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--data", required=True, help="the training data (file or hub dataset)")
     p.add_argument("--task", default="math", choices=TASKS)
+    p.add_argument("--limit", type=int, help="use only the first N examples of the data")
     p.add_argument("--drafts", required=True, help="generation jsonl with the model's drafts")
     p.add_argument("--tokenizer", required=True, help="the model's tokenizer (folder or hub name)")
     p.add_argument("--out", required=True, help="the RAC jsonl to write")
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--marker", default=CORRECTION_MARKER, help="training's correction marker")
     args = p.parse_args(argv)
 
-    examples, _ = load_examples(args.data, task=args.task)
+    examples, _ = load_examples(args.data, task=args.task, limit=args.limit)
     drafts = read_drafts(args.drafts, {e.id for e in examples})
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     rows, report = build_rac_samples(

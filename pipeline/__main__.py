@@ -12,6 +12,7 @@ it stopped. Logs: <run_dir>/logs/<stage>.log; timings: <run_dir>/timings.json.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,6 +30,9 @@ class Stages:
 
     def __init__(self, run_dir: Path, nproc: int):
         self.run_dir, self.nproc = run_dir, nproc
+        # The processes of a stage share the machine's cores rather than each taking all of them.
+        threads = str(max(1, (os.cpu_count() or 1) // nproc))
+        self.env = {"OMP_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false", **os.environ}
         self.timings_file = run_dir / "timings.json"
         self.timings = (
             json.loads(self.timings_file.read_text()) if self.timings_file.exists() else {}
@@ -56,7 +60,7 @@ class Stages:
         print(f"[running] {name} (log: {log})", flush=True)
         started = time.perf_counter()
         with log.open("w") as f:
-            result = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT)
+            result = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=self.env)
         if result.returncode != 0 or not output.exists():
             tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
             raise SystemExit(
@@ -71,27 +75,35 @@ def main() -> None:
     run = Path(args.run_dir)
     methods = args.method_list()
     stages = Stages(run, args.nproc)
+    n = str(args.method_examples)
 
-    # The task and the tokenizer.
-    data = Path(args.data_dir) if args.data_dir else run / "data"
-    if not args.data_dir:
-        sizes = dict(kv.split("=") for kv in args.synthetic_sizes.split(","))
-        size_args = [a for k, v in sizes.items() for a in (f"--{k}", v)]
-        stages.run(
-            "data",
-            data / "difficulty.json",
-            "data_tools.synthetic_math",
-            ["--out", str(data), "--seed", str(args.seed), *size_args],
-        )
-    tokenizer = args.model_name_or_path
-    if tokenizer is None:
-        tokenizer = str(run / "tokenizer")
-        stages.run(
-            "tokenizer",
-            run / "tokenizer",
-            "data_tools.tokenizer_training",
-            ["--data", str(data / "train.jsonl"), "--out", tokenizer],
-        )
+    # The task, the tokenizer and the SFT model every method starts from: made here, or reused
+    # from base_dir (a finished run) to compare seeds and variants of the methods from one base.
+    base = Path(args.base_dir) if args.base_dir else run
+    data = Path(args.data_dir) if args.data_dir else base / "data"
+    tokenizer = args.model_name_or_path or str(base / "tokenizer")
+    sft = base / "sft_base" / "export"
+    if args.base_dir:
+        for needed in (data / "train.jsonl", Path(tokenizer), base / "sft_base/export_check.json"):
+            if not needed.exists():
+                raise SystemExit(f"base_dir {base}: {needed} is missing; run the base first")
+    else:
+        if not args.data_dir:
+            sizes = dict(kv.split("=") for kv in args.synthetic_sizes.split(","))
+            size_args = [a for k, v in sizes.items() for a in (f"--{k}", v)]
+            stages.run(
+                "data",
+                data / "difficulty.json",
+                "data_tools.synthetic_math",
+                ["--out", str(data), "--seed", str(args.seed), *size_args],
+            )
+        if args.model_name_or_path is None:
+            stages.run(
+                "tokenizer",
+                Path(tokenizer),
+                "data_tools.tokenizer_training",
+                ["--data", str(data / "train.jsonl"), "--out", tokenizer],
+            )
 
     common = [
         "--max_length",
@@ -100,8 +112,6 @@ def main() -> None:
         str(args.micro_batch_size),
         "--deepspeed_config",
         args.deepspeed_config,
-        "--seed",
-        str(args.seed),
         "--task",
         "math",
         "--eval_data",
@@ -125,6 +135,8 @@ def main() -> None:
                 str(lr),
                 "--data",
                 str(data / "train.jsonl"),
+                "--seed",
+                str(args.seed),
                 *common,
                 *extra,
             ],
@@ -158,22 +170,23 @@ def main() -> None:
         )
         return out
 
-    # The SFT model every method starts from.
-    start = (
-        ["--model_name_or_path", args.model_name_or_path]
-        if args.model_name_or_path
-        else ["--model_config", args.model_config, "--tokenizer", tokenizer]
-    )
-    sft = train(
-        "sft_base",
-        run / "sft_base",
-        start,
-        args.sft_steps,
-        args.sft_learning_rate,
-        "--warmup_steps",
-        "20",
-    )
+    if not args.base_dir:
+        start = (
+            ["--model_name_or_path", args.model_name_or_path]
+            if args.model_name_or_path
+            else ["--model_config", args.model_config, "--tokenizer", tokenizer]
+        )
+        train(
+            "sft_base",
+            base / "sft_base",
+            start,
+            args.sft_steps,
+            args.sft_learning_rate,
+            "--warmup_steps",
+            "20",
+        )
 
+    # Every method: the same first `method_examples` training examples, the same steps.
     schedule = [
         "--ss_schedule",
         args.ss_schedule,
@@ -184,26 +197,20 @@ def main() -> None:
         "--ss_ramp_steps",
         str(args.ss_ramp_steps),
     ]
-    models: dict[str, Path] = {"sft_base": sft}
+    steps, lr = args.method_steps, args.method_learning_rate
+    models: dict[str, Path] = {}
     for method in methods:
-        steps, lr, out = args.method_steps, args.method_learning_rate, run / method
+        out, from_sft = run / method, ["--model_name_or_path", str(sft)]
         if method == "sft":
-            models[method] = train(method, out, ["--model_name_or_path", str(sft)], steps, lr)
+            models[method] = train(method, out, from_sft, steps, lr, "--limit", n)
         elif method == "scs":
             models[method] = train(
-                method,
-                out,
-                ["--model_name_or_path", str(sft)],
-                steps,
-                lr,
-                "--mode",
-                "scs",
-                *schedule,
+                method, out, from_sft, steps, lr, "--limit", n, "--mode", "scs", *schedule
             )
         elif method == "bash":
             model = sft
             for r in range(1, args.bash_rounds + 1):
-                # Each round's tokens come from the newest model, the one this round trains on.
+                # Each round's tokens come from the newest model, the one this round trains.
                 predictions = generate(
                     f"bash_predictions_{r}",
                     model,
@@ -211,6 +218,8 @@ def main() -> None:
                     out / f"round{r}_predictions.jsonl",
                     "--mode",
                     "teacher_forced",
+                    "--limit",
+                    n,
                 )
                 model = train(
                     f"bash_round{r}",
@@ -218,21 +227,27 @@ def main() -> None:
                     ["--model_name_or_path", str(model)],
                     steps // args.bash_rounds,
                     lr,
+                    "--limit",
+                    n,
                     "--mode",
                     "bash",
                     "--predictions",
                     str(predictions),
                     *schedule,
+                    # Each round its own order of the examples.
+                    "--seed",
+                    str(args.seed + r - 1),
                 )
             models[method] = model
         elif method == "rac":
+            prompts = args.rac_prompts or round(args.method_examples * args.rac_mix)
             drafts = generate(
                 "rac_drafts",
                 sft,
                 data / "train.jsonl",
                 out / "drafts.jsonl",
                 "--limit",
-                str(args.rac_prompts),
+                str(min(prompts, args.method_examples)),
             )
             samples = out / "train.jsonl"
             stages.run(
@@ -242,6 +257,8 @@ def main() -> None:
                 [
                     "--data",
                     str(data / "train.jsonl"),
+                    "--limit",
+                    n,
                     "--drafts",
                     str(drafts),
                     "--tokenizer",
@@ -262,7 +279,7 @@ def main() -> None:
             models[method] = train(
                 method,
                 out,
-                ["--model_name_or_path", str(sft)],
+                from_sft,
                 steps,
                 lr,
                 "--mode",
@@ -273,22 +290,29 @@ def main() -> None:
                 "plain",
             )
 
-    # Evaluation on the chosen split, touched once per model and inference mode.
-    split = data / f"{args.eval_split}.jsonl"
+    # Evaluation on the chosen split: every model greedy, RAC also drafting then correcting.
+    split, name = data / f"{args.eval_split}.jsonl", args.eval_split
     evaluations = {
-        name: generate(f"eval_{name}", model, split, run / "eval" / f"{name}.jsonl")
-        for name, model in models.items()
+        "sft_base": generate(
+            f"eval_{name}_sft_base", sft, split, base / "eval" / name / "sft_base.jsonl"
+        )
     }
+    for method, model in models.items():
+        evaluations[method] = generate(
+            f"eval_{name}_{method}", model, split, run / "eval" / name / f"{method}.jsonl"
+        )
     if "rac" in models:
         evaluations["rac_self_correct"] = generate(
-            "eval_rac_self_correct",
+            f"eval_{name}_rac_self_correct",
             models["rac"],
             split,
-            run / "eval" / "rac_self_correct.jsonl",
+            run / "eval" / name / "rac_self_correct.jsonl",
             "--self_correct",
             "true",
         )
-    report(run, evaluations, stages.timings)
+    base_timings = base / "timings.json"
+    timings = json.loads(base_timings.read_text()) if args.base_dir else {}
+    report(run, base, evaluations, {**timings, **stages.timings})
 
 
 if __name__ == "__main__":

@@ -14,6 +14,13 @@ class PipelineArgs:
         default=2, metadata={"help": "processes per deepspeed stage (GPUs, or CPU processes)"}
     )
     seed: int = 0
+    base_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "a run folder whose data, tokenizer and SFT base this run reuses: "
+            "seeds and variants of the methods from one SFT model"
+        },
+    )
     # The task: a folder with train/validation/test.jsonl, or (when empty) the synthetic task.
     data_dir: str | None = None
     synthetic_sizes: str = field(default="train=20000,validation=500,test=500")
@@ -35,6 +42,13 @@ class PipelineArgs:
         default=150, metadata={"help": "steps of every method from the SFT model"}
     )
     method_learning_rate: float = 1e-3
+    method_examples: int = field(
+        default=4800,
+        metadata={
+            "help": "every method trains on the first N training examples (BASH's tokens and "
+            "RAC's drafts are made for these only)"
+        },
+    )
     methods: str = field(
         default="sft,bash,rac,scs", metadata={"help": "sft here means SFT continued"}
     )
@@ -45,8 +59,12 @@ class PipelineArgs:
     ss_ramp_steps: int = 100
     bash_rounds: int = field(default=1, metadata={"help": "regenerate the predictions every round"})
     # RAC
-    rac_prompts: int = field(
-        default=4000, metadata={"help": "training prompts the SFT model drafts for"}
+    rac_prompts: int | None = field(
+        default=None,
+        metadata={
+            "help": "prompts the SFT model drafts for (the first of the method examples); "
+            "default: method_examples * rac_mix, as many drafts as correction rows needed"
+        },
     )
     rac_variant: str = "first_divergence"
     rac_mix: float = 0.5

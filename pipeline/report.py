@@ -15,29 +15,42 @@ import matplotlib.pyplot as plt  # noqa: E402
 from data_tools.atomic import atomic_open, write_json, write_text  # noqa: E402
 from data_tools.scoring import score_file  # noqa: E402
 
-# Which stages each reported model's training cost includes (beyond the shared SFT base).
+# The stages whose wall time is each reported model's training cost (the SFT base, which every
+# method starts from, is reported on its own line).
 COSTS = {
     "sft_base": ("sft_base",),
     "sft": ("sft",),
-    "bash": ("bash_",),
     "rac": ("rac_drafts", "rac_build", "rac"),
     "rac_self_correct": ("rac_drafts", "rac_build", "rac"),
     "scs": ("scs",),
 }
 
 
-def _trained_tokens(run: Path, name: str) -> int:
-    """Loss tokens of the model's own training (the SFT base is shared by all and counted apart)."""
-    if name == "bash":
+def _cost_stages(name: str, timings: dict[str, float]) -> list[str]:
+    if name == "bash":  # every round's predictions and training
+        return [s for s in timings if s.startswith("bash_")]
+    return [s for s in timings if s in COSTS[name]]
+
+
+def _training_cost(run: Path, base: Path, name: str) -> tuple[int, int]:
+    """Loss tokens and sequences through a forward pass of the model's own training (the SFT
+    base, shared by all, is counted apart); BASH's passes include those making its tokens."""
+    if name == "sft_base":
+        files = [base / "sft_base" / "metrics.jsonl"]
+    elif name == "bash":
         files = sorted((run / "bash").glob("round*/metrics.jsonl"))
     else:
         files = [run / ("rac" if name == "rac_self_correct" else name) / "metrics.jsonl"]
-    return sum(
-        json.loads(line)["train/trained_tokens"] for f in files if f.exists() for line in f.open()
-    )
+    rows = [json.loads(line) for f in files if f.exists() for line in f.open()]
+    passes = sum(r.get("train/forward_sequences", 0) for r in rows)
+    if name == "bash":
+        passes += sum(1 for f in (run / "bash").glob("round*_predictions.jsonl") for _ in f.open())
+    return sum(r["train/trained_tokens"] for r in rows), passes
 
 
-def report(run: Path, evaluations: dict[str, Path], timings: dict[str, float]) -> list[dict]:
+def report(
+    run: Path, base: Path, evaluations: dict[str, Path], timings: dict[str, float]
+) -> list[dict]:
     rows = []
     for name, path in evaluations.items():
         scores = score_file(path, "math")
@@ -45,9 +58,8 @@ def report(run: Path, evaluations: dict[str, Path], timings: dict[str, float]) -
         by_steps: dict[int, list[bool]] = defaultdict(list)
         for e in scores["examples"]:
             by_steps[steps[e["id"]]].append(e["correct"])
-        wall = sum(
-            t for stage, t in timings.items() if any(stage.startswith(c) for c in COSTS[name])
-        )
+        wall = sum(timings[s] for s in _cost_stages(name, timings))
+        tokens, passes = _training_cost(run, base, name)
         rows.append(
             {
                 "method": name,
@@ -56,18 +68,19 @@ def report(run: Path, evaluations: dict[str, Path], timings: dict[str, float]) -
                 "by_steps": {
                     k: sum(v) / len(v) for k, v in sorted(by_steps.items()) if k is not None
                 },
-                "trained_tokens": _trained_tokens(run, name),
+                "trained_tokens": tokens,
+                "forward_sequences": passes,
                 "train_wall_s": wall,
             }
         )
     write_json(run / "results.json", rows)
     table = [
-        "| method | exact match | trained tokens | training wall time (s) |",
-        "|---|---:|---:|---:|",
+        "| method | exact match | trained tokens | forward passes | training wall time (s) |",
+        "|---|---:|---:|---:|---:|",
     ]
     table += [
         f"| {r['method']} | {r['exact_match']:.3f} ({round(r['exact_match'] * r['n'])}/{r['n']}) | "
-        f"{r['trained_tokens']:,} | {r['train_wall_s']:.0f} |"
+        f"{r['trained_tokens']:,} | {r['forward_sequences']:,} | {r['train_wall_s']:.0f} |"
         for r in rows
     ]
     write_text(run / "results.md", "\n".join(table) + "\n")

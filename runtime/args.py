@@ -55,18 +55,20 @@ class DataArgs:
     )
 
     def load(self, data: str | None = None, split: str | None = None) -> list[Example]:
+        """The training examples; with `data` or `split`, evaluation examples, which `limit`
+        does not cut and, from another source than the training data, whose format is detected
+        (the training data may be RAC samples, the evaluation data the task's own)."""
+        source = data or self.data
+        evaluation = data is not None or split is not None
         examples, skipped = load_examples(
-            data or self.data,
+            source,
             task=self.task,
-            format=self.data_format,
-            name=self.data_name,
+            format="auto" if source != self.data else self.data_format,
+            name=self.data_name if source == self.data else None,
             split=split or self.split,
-            limit=self.limit,
+            limit=None if evaluation else self.limit,
             skip_invalid=self.skip_invalid,
         )
         if skipped:
-            print(
-                f"{data or self.data}: skipped {skipped} invalid rows (skip_invalid is set)",
-                flush=True,
-            )
+            print(f"{source}: skipped {skipped} invalid rows (skip_invalid is set)", flush=True)
         return examples

@@ -22,7 +22,7 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 def model_fingerprint(name_or_path: str | None) -> str:
     """A hash of the weight files of a local model folder; for a hub name, of the cached
-    snapshot's weight files; "new:<config>" stands for a model initialised from a config."""
+    snapshot's weight files; "new" stands for a model initialised from a config."""
     if name_or_path is None:
         return "new"
     folder = Path(name_or_path)

@@ -232,7 +232,8 @@ def main() -> None:
         started = time.perf_counter()
         batch_ids = plan.global_indices(step)
         trained_tokens = sum(train_set[i].num_trained for i in batch_ids)
-        stats = torch.zeros(2, dtype=torch.float64, device=engine.device)  # loss, tokens replaced
+        # loss, tokens replaced, sequences through a forward pass (SCS: twice)
+        stats = torch.zeros(3, dtype=torch.float64, device=engine.device)
         p = schedule.p(step) if schedule else 0.0
         for micro in range(args.gradient_accumulation_steps):
             batch = [train_set[i] for i in plan.micro_indices(batch_ids, micro, rank)]
@@ -248,6 +249,8 @@ def main() -> None:
                 ]
                 batch = [e for e, _ in mixed]
                 stats[1] += sum(n for _, n in mixed)
+                stats[2] += len(batch) if args.mode == "scs" else 0
+            stats[2] += len(batch)
             inputs = pad_right(batch, pad_id)
             out = engine(
                 **{k: v.to(engine.device) for k, v in inputs.items()},
@@ -265,6 +268,7 @@ def main() -> None:
             "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
             "train/tokens_per_s": tokens / (time.perf_counter() - started),
             "train/trained_tokens": trained_tokens,
+            "train/forward_sequences": int(stats[2].item()),
         }
         if schedule:
             metrics["train/p"] = p

@@ -1,0 +1,168 @@
+"""The science of issue 3: SFT (continued), BASH, RAC (direct and self-correct) and SCS from one
+SFT model on the synthetic math task, under the same budget (steps x batch, on the same
+training examples), and what each costs.
+
+    python -m bench.compare_methods [--out bench_runs/compare] [--seeds 0,1,2]
+
+1. The base: data, tokenizer and the SFT model every method starts from (`pipeline`).
+2. Tuning on the validation split (seed 0): BASH's p and schedule, RAC's cut variant and mix.
+   The best variant of each method (by validation exact match) is kept.
+3. The test split, touched once: every method with its chosen variant, for each seed (the seed
+   sets the data order, the interleaved positions and RAC's sample order; the base is shared).
+   Mean and standard deviation of exact match, overall and by number of reasoning steps, and the
+   cost of BASH and SCS against SFT (wall time and sequences through a forward pass) as ratios
+   within each seed's run, where the three ran one after another on the same machine.
+
+Every run is a `pipeline` run, so a rerun skips what is finished. Prints markdown for
+bench/RESULTS.md and writes <out>/summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from data_tools.atomic import write_json
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = "configs/compare_demo.yaml"
+
+# Variants tried on the validation split: (name, method, pipeline options).
+VARIANTS = [
+    ("sft", "sft", []),
+    ("bash p0.1 linear", "bash", ["--ss_p_max", "0.1"]),
+    ("bash p0.25 linear", "bash", ["--ss_p_max", "0.25"]),
+    ("bash p0.5 linear", "bash", ["--ss_p_max", "0.5"]),
+    ("bash p0.25 constant", "bash", ["--ss_schedule", "constant", "--ss_p_max", "0.25"]),
+    ("bash p0.25 linear, 2 rounds", "bash", ["--bash_rounds", "2"]),
+    ("rac first_divergence mix0.5", "rac", ["--rac_variant", "first_divergence"]),
+    ("rac whole mix0.5", "rac", ["--rac_variant", "whole"]),
+    ("rac random mix0.5", "rac", ["--rac_variant", "random"]),
+    ("rac whole mix0.25", "rac", ["--rac_variant", "whole", "--rac_mix", "0.25"]),
+]
+
+
+def pipeline(run_dir: Path, *options: str) -> dict[str, dict]:
+    """Run (or finish) one pipeline; its results by reported model."""
+    command = [sys.executable, "-m", "pipeline", "--config", CONFIG, "--run_dir", str(run_dir)]
+    print(f"$ {' '.join(command[2:])} {' '.join(options)}", flush=True)
+    subprocess.run([*command, *options], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    return {r["method"]: r for r in json.loads((run_dir / "results.json").read_text())}
+
+
+def slug(name: str) -> str:
+    return name.replace(" ", "_").replace(",", "")
+
+
+def tune(out: Path) -> dict[str, tuple[str, list[str]]]:
+    """Validation exact match of every variant; the best variant per reported model."""
+    rows, best = [], {}
+    for name, method, options in VARIANTS:
+        results = pipeline(
+            out / "validation" / slug(name),
+            "--base_dir",
+            str(out / "base"),
+            "--methods",
+            method,
+            "--eval_split",
+            "validation",
+            *options,
+        )
+        for model, r in results.items():
+            if model == "sft_base":
+                continue
+            rows.append((name, model, r["exact_match"]))
+            if model not in best or r["exact_match"] > best[model][0]:
+                best[model] = (r["exact_match"], name, [method, *options])
+    print("\n| variant | model | validation exact match |\n|---|---|---:|")
+    for name, model, em in rows:
+        print(f"| {name} | {model} | {em:.3f} |")
+    chosen = {model: (name, options) for model, (_, name, options) in best.items()}
+    # SCS, the online version of BASH, gets BASH's schedule: the comparison is then of the
+    # source of the model's tokens alone.
+    name, (_, *options) = chosen["bash"]
+    pairs = [options[i : i + 2] for i in range(0, len(options), 2)]
+    options = [o for pair in pairs if pair[0] != "--bash_rounds" for o in pair]
+    chosen["scs"] = (name.replace("bash", "scs").replace(", 2 rounds", ""), ["scs", *options])
+    return chosen
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default="bench_runs/compare")
+    p.add_argument("--seeds", default="0,1,2")
+    args = p.parse_args()
+    out, seeds = Path(args.out), [int(s) for s in args.seeds.split(",")]
+
+    base = pipeline(out / "base", "--methods", "", "--eval_split", "validation")
+    print(f"SFT base, validation exact match: {base['sft_base']['exact_match']:.3f}")
+    chosen = tune(out)
+
+    # The test split: every chosen configuration, each seed.
+    test: dict[str, list[dict]] = {"sft_base": []}
+    for seed in seeds:
+        for model, (name, (method, *options)) in chosen.items():
+            results = pipeline(
+                out / "test" / f"seed{seed}" / slug(name),
+                "--base_dir",
+                str(out / "base"),
+                "--seed",
+                str(seed),
+                "--methods",
+                method,
+                "--eval_split",
+                "test",
+                *options,
+            )
+            test.setdefault(model, []).append(results[model])
+        test["sft_base"].append(results["sft_base"])  # the same model every seed
+
+    summary = {}
+    print("\n| model (variant) | test exact match, mean ± sd over seeds | per seed |")
+    print("|---|---:|---|")
+    for model, runs in test.items():
+        ems = [r["exact_match"] for r in runs]
+        steps = sorted({k for r in runs for k in r["by_steps"]}, key=int)
+        summary[model] = {
+            "variant": chosen[model][0] if model in chosen else "",
+            "exact_match": ems,
+            "mean": statistics.mean(ems),
+            "sd": statistics.stdev(ems) if len(ems) > 1 else 0.0,
+            "by_steps": {
+                k: statistics.mean(r["by_steps"][k] for r in runs if k in r["by_steps"])
+                for k in steps
+            },
+            "train_wall_s": [r["train_wall_s"] for r in runs],
+            "forward_sequences": [r["forward_sequences"] for r in runs],
+            "trained_tokens": [r["trained_tokens"] for r in runs],
+        }
+        s = summary[model]
+        print(
+            f"| {model} ({s['variant']}) | {s['mean']:.3f} ± {s['sd']:.3f} | "
+            f"{', '.join(f'{e:.3f}' for e in ems)} |"
+        )
+    steps = sorted({k for s in summary.values() for k in s["by_steps"]}, key=int)
+    print("\n| model | " + " | ".join(f"{k} steps" for k in steps) + " |")
+    print("|---|" + "---:|" * len(steps))
+    for model, s in summary.items():
+        print(f"| {model} | " + " | ".join(f"{s['by_steps'].get(k, 0):.3f}" for k in steps) + " |")
+    print("\n| method | wall time / SFT's | forward passes / SFT's | trained tokens / SFT's |")
+    print("|---|---:|---:|---:|")
+    for model in ("sft", "bash", "scs"):
+        if model in summary:
+            ratios = [
+                statistics.mean(
+                    a / b for a, b in zip(summary[model][k], summary["sft"][k], strict=True)
+                )
+                for k in ("train_wall_s", "forward_sequences", "trained_tokens")
+            ]
+            print(f"| {model} | " + " | ".join(f"{x:.2f}" for x in ratios) + " |")
+    write_json(out / "summary.json", summary)
+
+
+if __name__ == "__main__":
+    main()

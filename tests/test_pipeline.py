@@ -1,0 +1,96 @@
+"""The whole comparison on a tiny configuration, each stage under the `deepspeed` launcher with 2
+processes: killed once its first generation stage is done, then rerun, it redoes nothing that
+was finished and completes the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.launch import REPO, env
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "--config",
+    "configs/compare_demo.yaml",
+    "--synthetic_sizes",
+    "train=300,validation=24,test=24",
+    "--nproc",
+    "2",
+    "--micro_batch_size",
+    "8",
+    "--sft_steps",
+    "20",
+    "--method_steps",
+    "6",
+    "--ss_ramp_steps",
+    "3",
+    "--rac_prompts",
+    "32",
+    "--max_new_tokens",
+    "32",
+]
+FINISHED_BEFORE_KILL = {
+    "data": "data/difficulty.json",
+    "tokenizer": "tokenizer/tokenizer.json",
+    "sft_base": "sft_base/export/model.safetensors",
+    "bash_predictions_1": "bash/round1_predictions.jsonl",
+}
+
+
+def start(run_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *TINY, "--run_dir", str(run_dir)],
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, so the kill takes every stage process
+    )
+
+
+def test_pipeline_resumes_after_kill(tmp_path: Path) -> None:
+    run_dir = tmp_path / "compare"
+    first = start(run_dir)
+    timings = run_dir / "timings.json"
+    deadline = time.monotonic() + 600
+    # The generation stage is done when the pipeline has recorded its time.
+    while not timings.exists() or "bash_predictions_1" not in json.loads(timings.read_text()):
+        assert first.poll() is None, f"pipeline ended early:\n{first.stdout.read()}"
+        assert time.monotonic() < deadline, "the generation stage did not finish in time"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    before = {name: (run_dir / f).stat().st_mtime_ns for name, f in FINISHED_BEFORE_KILL.items()}
+
+    second = subprocess.run(
+        [sys.executable, "-m", "pipeline", *TINY, "--run_dir", str(run_dir)],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    for name, file in FINISHED_BEFORE_KILL.items():
+        assert f"[done before] {name}\n" in second.stdout
+        assert (run_dir / file).stat().st_mtime_ns == before[name], f"{name} was redone"
+    assert "[running] bash_round1" in second.stdout
+
+    results = {r["method"]: r for r in json.loads((run_dir / "results.json").read_text())}
+    assert set(results) == {"sft_base", "sft", "bash", "rac", "rac_self_correct", "scs"}
+    for r in results.values():
+        assert r["n"] == 24 and 0 <= r["exact_match"] <= 1 and r["trained_tokens"] > 0
+    assert (run_dir / "results.png").stat().st_size > 10_000
+    assert "| bash |" in (run_dir / "results.md").read_text()
+    # Every stage ran exactly once over the two runs: its time was recorded once and kept.
+    assert set(FINISHED_BEFORE_KILL) <= set(json.loads(timings.read_text()))
