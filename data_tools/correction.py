@@ -37,7 +37,7 @@ from data_tools.atomic import write_jsonl
 from data_tools.prompting import CORRECTION_MARKER
 from data_tools.schema import TASKS, DataError, Example
 from data_tools.scoring import math_exact_match
-from data_tools.sources import load_examples
+from data_tools.sources import jsonl_objects, load_examples
 from data_tools.tokenization import IGNORE_INDEX, Encoded, TruncationReport, cut_left, prompt_ids
 
 CUT_VARIANTS = ("whole", "first_divergence", "random")
@@ -286,31 +286,13 @@ def _is_token_list(value: object) -> bool:
     )
 
 
-def _jsonl_objects(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """("file:line", row) for every non-blank line, each checked to be a JSON object."""
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(where, None, f"malformed JSON: {e}") from e
-            if not isinstance(row, dict):
-                raise DataError(where, None, f"expected a JSON object, got {type(row).__name__}")
-            rows.append((where, row))
-    return rows
-
-
 def read_drafts(path: str | Path, known_ids: set[str]) -> dict[str, list[list[int]]]:
     """Drafts from a generation jsonl (rows with "id" and "generation_ids"), grouped by example:
     by meta.source_id when a row has one (several samples per prompt), else by its id. A draft
     for an id not in `known_ids` is refused with its file and line."""
     drafts: dict[str, list[list[int]]] = {}
     seen: dict[str, str] = {}
-    for where, row in _jsonl_objects(Path(path)):
+    for where, row in jsonl_objects(path):
         row_id, ids = row.get("id"), row.get("generation_ids")
         if not isinstance(row_id, str):
             raise DataError(where, "id", "missing or not a string")
@@ -332,7 +314,7 @@ def read_draft_ids(path: str | Path) -> dict[str, list[int] | None]:
     The rows themselves load as examples with `load_examples` (format "plain")."""
     drafts: dict[str, list[int] | None] = {}
     seen: dict[str, str] = {}
-    for where, row in _jsonl_objects(Path(path)):
+    for where, row in jsonl_objects(path):
         row_id = row.get("id")
         if not isinstance(row_id, str):
             raise DataError(where, "id", "missing or not a string")

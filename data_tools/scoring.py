@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from decimal import Decimal
@@ -13,6 +12,7 @@ from rouge_score import rouge_scorer
 
 from data_tools.prompting import CORRECTION_MARKER, final_answer_text
 from data_tools.schema import DataError
+from data_tools.sources import jsonl_objects
 
 # A minus sign only where it cannot be a hyphen or a subtraction ("3-4", "x-1"); commas only as
 # thousands separators, so a list "3,4,5" is three numbers; a trailing period is not a decimal.
@@ -74,28 +74,16 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
 
 def _read_generations(path: Path, task: str) -> list[dict[str, Any]]:
     rows, seen = [], {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(where, None, f"malformed JSON: {e}") from e
-            if not isinstance(row, dict):
-                raise DataError(where, None, f"expected a JSON object, got {type(row).__name__}")
-            for key in ("id", "generation", "reference"):
-                if not isinstance(row.get(key), str):
-                    raise DataError(where, key, "missing or not a string")
-            if row["id"] in seen:  # e.g. a resumed run that appended: would count twice
-                raise DataError(
-                    where, "id", f"duplicate id {row['id']!r}, first at {seen[row['id']]}"
-                )
-            if task == "math" and extract_answer(row["reference"]) is None:
-                raise DataError(where, "reference", "no number to compare with")
-            seen[row["id"]] = where
-            rows.append(row)
+    for where, row in jsonl_objects(path):
+        for key in ("id", "generation", "reference"):
+            if not isinstance(row.get(key), str):
+                raise DataError(where, key, "missing or not a string")
+        if row["id"] in seen:  # e.g. a resumed run that appended: would count twice
+            raise DataError(where, "id", f"duplicate id {row['id']!r}, first at {seen[row['id']]}")
+        if task == "math" and extract_answer(row["reference"]) is None:
+            raise DataError(where, "reference", "no number to compare with")
+        seen[row["id"]] = where
+        rows.append(row)
     if not rows:
         raise DataError(str(path), None, "no generations")
     return rows

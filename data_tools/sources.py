@@ -139,7 +139,7 @@ def _row_id(row: Row, where: str) -> str | None:
     return None
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, Row | DataError]]:
+def jsonl_rows(path: Path) -> Iterator[tuple[str, Row | DataError]]:
     """Our own reader, so that every error names its line. Bad lines are yielded as errors so
     that the caller can skip them and go on."""
     with path.open("rb") as f:
@@ -166,6 +166,14 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, Row | DataError]]:
             yield where, row
 
 
+def jsonl_objects(path: str | Path) -> Iterator[tuple[str, Row]]:
+    """("path:LINE", row) for every non-blank line of a jsonl file; the first bad line raises."""
+    for where, row in jsonl_rows(Path(path)):
+        if isinstance(row, DataError):
+            raise row
+        yield where, row
+
+
 def _rows(source: str, name: str | None, split: str) -> Iterator[tuple[str, Row | DataError]]:
     """(where, row) pairs; `where` is "path:LINE" (1-based), "path[row N]" or "dataset[split] row N"
     (N 0-based, as in `ds[N]`)."""
@@ -176,7 +184,7 @@ def _rows(source: str, name: str | None, split: str) -> Iterator[tuple[str, Row 
         if not path.is_file():
             raise DataError(source, None, "no such file")
         if path.suffix == ".jsonl":
-            yield from _jsonl_rows(path)
+            yield from jsonl_rows(path)
             return
         builder = path.suffix.removeprefix(".")
         try:

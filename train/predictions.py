@@ -6,11 +6,9 @@ silently teach the wrong thing; they are refused, as is a training example witho
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from data_tools.interleave import align_free_running, response_positions
 from data_tools.schema import DataError
+from data_tools.sources import jsonl_objects
 from data_tools.tokenization import Encoded
 
 
@@ -24,41 +22,35 @@ def load_predictions(
     """
     by_id = {e.id: e for e in train_set}
     out: dict[str, list[int]] = {}
-    with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(where, None, f"malformed JSON: {e}") from e
-            for field, expected, what in (
-                ("tokenizer_fingerprint", tokenizer_fp, "another tokenizer than this run's"),
-                ("model_fingerprint", model_fp, "other weights than those this run starts from"),
-            ):
-                if row.get(field) != expected:
-                    raise DataError(
-                        where,
-                        field,
-                        f"made with {what} ({row.get(field)} != {expected}); regenerate them",
-                    )
-            example = by_id.get(row["id"])
-            if example is None:
-                continue  # predictions for examples this run does not train on
-            if "predictions" in row:
-                tokens = row["predictions"]
-            elif "generation_ids" in row:
-                tokens = align_free_running(example, row["generation_ids"])
-            else:
-                raise DataError(
-                    where, "predictions", "missing (neither predictions nor generation_ids)"
-                )
-            if len(tokens) != len(response_positions(example)):
+    for where, row in jsonl_objects(path):
+        for field, expected, what in (
+            ("tokenizer_fingerprint", tokenizer_fp, "another tokenizer than this run's"),
+            ("model_fingerprint", model_fp, "other weights than those this run starts from"),
+        ):
+            if row.get(field) != expected:
                 raise DataError(
                     where,
-                    "predictions",
-                    f"{len(tokens)} tokens for {len(response_positions(example))} response positions",
+                    field,
+                    f"made with {what} ({row.get(field)} != {expected}); regenerate them",
                 )
-            out[row["id"]] = tokens
+        example = by_id.get(row["id"])
+        if example is None:
+            continue  # predictions for examples this run does not train on
+        if "predictions" in row:
+            tokens = row["predictions"]
+        elif "generation_ids" in row:
+            tokens = align_free_running(example, row["generation_ids"])
+        else:
+            raise DataError(
+                where, "predictions", "missing (neither predictions nor generation_ids)"
+            )
+        if len(tokens) != len(response_positions(example)):
+            raise DataError(
+                where,
+                "predictions",
+                f"{len(tokens)} tokens for {len(response_positions(example))} response positions",
+            )
+        out[row["id"]] = tokens
     missing = [e.id for e in train_set if e.id not in out]
     if missing:
         raise DataError(
