@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from data_tools.atomic import write_jsonl
+from data_tools.prompting import CORRECTION_MARKER
 from data_tools.sources import load_examples
 from data_tools.synthetic_math import Difficulty, make_splits
 from data_tools.tokenization import encode_prompts
@@ -245,3 +246,40 @@ def test_prompt_and_new_tokens_must_fit_the_model(files: Path) -> None:
     proc = run("generate", argv, check=False)
     assert proc.returncode != 0
     assert "exceed the model's 512 positions" in proc.stderr
+
+
+def test_self_correct_is_draft_marker_then_a_second_generation(
+    files: Path, model, tokenizer, prompts, examples
+) -> None:
+    out = files / "self_correct.jsonl"
+    main(
+        ["--model_name_or_path", str(files / "model"), "--data", str(files / "data.jsonl")]
+        + ["--output", str(out), "--limit", "6", "--max_new_tokens", str(MAX_NEW)]
+        + ["--self_correct", "true", "--batch_size", "4"]
+    )
+    marker = tokenizer(CORRECTION_MARKER, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    for row, prompt in zip(lines(out), prompts[:6], strict=True):
+        ids = row["generation_ids"]
+        # The draft is the greedy answer without its EOS; the rest follows prompt, draft, marker.
+        draft = generate_batch(model, tokenizer, [prompt], MAX_NEW)[0]
+        draft = draft[:-1] if draft and draft[-1] == eos else draft
+        second = generate_batch(model, tokenizer, [prompt + draft + marker], MAX_NEW)[0]
+        assert ids == draft + marker + second
+        assert CORRECTION_MARKER.strip() in row["generation"]
+
+
+def test_num_samples_gives_distinct_ids_and_samples(files: Path) -> None:
+    out = files / "samples.jsonl"
+    main(
+        ["--model_name_or_path", str(files / "model"), "--data", str(files / "data.jsonl")]
+        + ["--output", str(out), "--limit", "2", "--max_new_tokens", str(MAX_NEW)]
+        + ["--do_sample", "true", "--num_samples", "3", "--seed", "1"]
+    )
+    rows = lines(out)
+    source = [e.id for e in load_examples(str(files / "data.jsonl"), task="math")[0][:2]]
+    assert [r["id"] for r in rows] == [f"{i}#s{k}" for i in source for k in range(3)]
+    assert [(r["meta"]["source_id"], r["meta"]["sample"]) for r in rows] == [
+        (i, k) for i in source for k in range(3)
+    ]
+    assert len({tuple(r["generation_ids"]) for r in rows}) > 3  # the samples differ
