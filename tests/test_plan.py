@@ -1,0 +1,41 @@
+"""The pipeline's plan: every stage waits for the stages whose outputs it reads, and a run
+reusing a base plans no base stage."""
+
+from __future__ import annotations
+
+from pipeline.args import PipelineArgs
+from pipeline.plan import build_plan
+from runtime.config import parse_config
+
+
+def plan_of(*argv: str):
+    (args,) = parse_config((PipelineArgs,), ["--config", "configs/compare_demo.yaml", *argv])
+    return build_plan(args)
+
+
+def test_stages_wait_for_what_they_read() -> None:
+    plan = plan_of("--bash_rounds", "2")
+    after = {s.name: set(s.after) for s in plan.stages}
+    names = [s.name for s in plan.stages]
+    for stage in plan.stages:  # an order that runs every stage after its inputs
+        assert all(names.index(a) < names.index(stage.name) for a in stage.after)
+    assert after["sft_base"] == {"data", "tokenizer"}
+    assert after["bash_predictions_2"] == {"data", "bash_round1"}
+    assert after["bash_round2"] == {"data", "bash_round1", "bash_predictions_2"}
+    assert after["rac"] == {"data", "sft_base", "rac_build"}
+    assert after["eval_test_rac_self_correct"] == {"data", "rac"}
+    assert set(plan.evaluations) == {"sft_base", "sft", "bash", "rac", "rac_self_correct", "scs"}
+
+
+def test_a_run_from_a_base_plans_no_base_stage(tmp_path) -> None:
+    plan = plan_of(
+        "--base_dir", str(tmp_path / "base"), "--methods", "bash", "--eval_split", "validation"
+    )
+    # Nothing waits for the base: it is finished before this run starts.
+    assert {s.name: s.after for s in plan.stages} == {
+        "bash_predictions_1": (),
+        "bash_round1": ("bash_predictions_1",),
+        "eval_validation_sft_base": (),
+        "eval_validation_bash": ("bash_round1",),
+    }
+    assert plan.evaluations["sft_base"] == tmp_path / "base/eval/validation/sft_base.jsonl"
