@@ -58,6 +58,10 @@ class PipelineArgs:
     ss_warmup_steps: int = 0
     ss_ramp_steps: int = 100
     bash_rounds: int = field(default=1, metadata={"help": "regenerate the predictions every round"})
+    bash_temperature: float = field(
+        default=0.0,
+        metadata={"help": "BASH's tokens: argmax (0) or sampled at this temperature, per example"},
+    )
     # RAC
     rac_prompts: int | None = field(
         default=None,

@@ -166,7 +166,9 @@ def build_plan(args: PipelineArgs) -> Plan:
                 method, out, from_sft, steps, lr, "--limit", n, "--mode", "scs", *schedule
             )
         elif method == "bash":
-            model = sft
+            model, sampling = sft, []
+            if args.bash_temperature > 0:
+                sampling = ["--do_sample", "true", "--temperature", str(args.bash_temperature)]
             for r in range(1, args.bash_rounds + 1):
                 # Each round's tokens come from the newest model, the one this round trains.
                 predictions = generate(
@@ -175,6 +177,7 @@ def build_plan(args: PipelineArgs) -> Plan:
                     splits["train"],
                     out / f"round{r}_predictions.jsonl",
                     *("--mode", "teacher_forced", "--limit", n),
+                    *sampling,
                 )
                 model = train(
                     f"bash_round{r}",
