@@ -39,11 +39,27 @@ VARIANTS = [
     ("bash p0.5 linear", "bash", ["--ss_p_max", "0.5"]),
     ("bash p0.25 constant", "bash", ["--ss_schedule", "constant", "--ss_p_max", "0.25"]),
     ("bash p0.25 linear, 2 rounds", "bash", ["--bash_rounds", "2"]),
+    ("bash p0.5 constant", "bash", ["--ss_schedule", "constant", "--ss_p_max", "0.5"]),
+    (
+        "bash p0.25 constant, sampled T1",
+        "bash",
+        ["--ss_schedule", "constant", "--ss_p_max", "0.25", "--bash_temperature", "1.0"],
+    ),
     ("rac first_divergence mix0.5", "rac", ["--rac_variant", "first_divergence"]),
     ("rac whole mix0.5", "rac", ["--rac_variant", "whole"]),
     ("rac random mix0.5", "rac", ["--rac_variant", "random"]),
     ("rac whole mix0.25", "rac", ["--rac_variant", "whole", "--rac_mix", "0.25"]),
+    ("rac whole only_wrong", "rac", ["--rac_variant", "whole", "--rac_only_wrong", "true"]),
+    (
+        "rac first_divergence only_wrong",
+        "rac",
+        ["--rac_variant", "first_divergence", "--rac_only_wrong", "true"],
+    ),
 ]
+
+
+# Options of BASH's offline tokens, which SCS (tokens made online, by argmax) does not have.
+BASH_ONLY = ("--bash_rounds", "--bash_temperature")
 
 
 def pipeline(run_dir: Path, *options: str) -> dict[str, dict]:
@@ -86,8 +102,8 @@ def tune(out: Path) -> dict[str, tuple[str, list[str]]]:
     # source of the model's tokens alone.
     name, (_, *options) = chosen["bash"]
     pairs = [options[i : i + 2] for i in range(0, len(options), 2)]
-    options = [o for pair in pairs if pair[0] != "--bash_rounds" for o in pair]
-    chosen["scs"] = (name.replace("bash", "scs").replace(", 2 rounds", ""), ["scs", *options])
+    options = [o for pair in pairs if pair[0] not in BASH_ONLY for o in pair]
+    chosen["scs"] = (name.replace("bash", "scs").split(",")[0], ["scs", *options])
     return chosen
 
 
