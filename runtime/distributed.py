@@ -1,4 +1,5 @@
-"""Process groups for runs started by the `deepspeed` launcher, SLURM's `srun`, or plain `python`."""
+"""Process groups for runs started by the `deepspeed` launcher, SLURM's `srun` (through
+slurm/ranks.sh, which sets the same variables), or plain `python`."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ def free_port() -> int:
 
 
 def init() -> tuple[int, int]:
-    """Join (or, for a plain `python` run, create) the process group; return (rank, world size)."""
-    if "RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
+    """Join (or, for a plain `python` run, create) the process group; return (rank, world size).
+
+    A plain run inside a SLURM job (which sets SLURM_PROCID for its batch script too) is still
+    one process: only RANK says that there are several."""
+    if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())

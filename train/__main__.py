@@ -12,6 +12,10 @@
     deepspeed --num_gpus 2 --module train --config configs/sft_demo.yaml
     python -m train --config configs/sft_demo.yaml --max_steps 100     # one process
 
+SIGUSR1 (SLURM's warning before a time limit, `--signal=USR1@T`) ends the run at the end of the
+step with a checkpoint and exit status 75; slurm/train.sbatch then requeues the job, which
+resumes from that checkpoint.
+
 The loss is the mean over every trained (response) token of the global batch, whatever the
 split into ranks and micro-batches, so runs with different world sizes follow one curve.
 """
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -57,6 +63,8 @@ from train import checkpoint
 from train.args import TrainArgs
 from train.batches import BatchPlan
 from train.predictions import load_predictions
+
+STOPPED = 75  # the exit status of a run stopped by SIGUSR1 (sysexits' EX_TEMPFAIL: try again)
 
 
 def encode(
@@ -129,6 +137,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def main() -> None:
     model_args, data_args, args = parse_config((ModelArgs, DataArgs, TrainArgs))
+    # The handler only sets a flag: a checkpoint is collective, so the ranks act on it together.
+    stop = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: stop.set())
     rank, world = distributed.init()
     output_dir, ckpt_dir = Path(args.output_dir), Path(args.output_dir) / "checkpoints"
     precision = resolve_precision(args.precision)
@@ -232,8 +243,8 @@ def main() -> None:
         started = time.perf_counter()
         batch_ids = plan.global_indices(step)
         trained_tokens = sum(train_set[i].num_trained for i in batch_ids)
-        # loss, tokens replaced, sequences through a forward pass (SCS: twice)
-        stats = torch.zeros(3, dtype=torch.float64, device=engine.device)
+        # loss, tokens replaced, sequences through a forward pass (SCS: twice), ranks signalled
+        stats = torch.zeros(4, dtype=torch.float64, device=engine.device)
         p = schedule.p(step) if schedule else 0.0
         for micro in range(args.gradient_accumulation_steps):
             batch = [train_set[i] for i in plan.micro_indices(batch_ids, micro, rank)]
@@ -260,6 +271,7 @@ def main() -> None:
             engine.backward(out.loss * world * args.gradient_accumulation_steps)
             engine.step()
             stats[0] += out.loss.detach().double()
+        stats[3] = float(stop.is_set())
         dist.all_reduce(stats)
         tokens = sum(len(train_set[i].input_ids) for i in batch_ids)
         metrics = {
@@ -287,6 +299,15 @@ def main() -> None:
         tracker.log(metrics, step=step + 1)
         if args.save_every and (step + 1) % args.save_every == 0:
             saved_at = checkpoint.save(engine, ckpt_dir, step + 1)
+        if stats[3] > 0 and step + 1 < last_step:  # a rank got SIGUSR1: all stop here
+            if saved_at != f"step_{step + 1}":
+                checkpoint.save(engine, ckpt_dir, step + 1)
+            if distributed.is_main():
+                print(
+                    f"SIGUSR1: checkpoint step_{step + 1} saved; exiting with {STOPPED}", flush=True
+                )
+            tracker.finish()
+            raise SystemExit(STOPPED)
 
     if saved_at != f"step_{last_step}" and start_step < last_step:
         saved_at = checkpoint.save(engine, ckpt_dir, last_step)
