@@ -31,29 +31,39 @@ from data_tools.atomic import write_json
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/compare_demo.yaml"
 
-# Variants tried on the validation split: (name, method, pipeline options).
+
+def _bash(schedule: str, p: str, *extra: str) -> list[str]:
+    return ["--ss_schedule", schedule, "--ss_p_max", p, "--ss_ramp_steps", "100", *extra]
+
+
+def _rac(variant: str, mix: str, *extra: str) -> list[str]:
+    return ["--rac_variant", variant, "--rac_mix", mix, *extra]
+
+
+# Variants tried on the validation split: (name, method, pipeline options). Every option a
+# variant depends on is spelled out, so that a variant means the same whatever the defaults.
 VARIANTS = [
     ("sft", "sft", []),
-    ("bash p0.1 linear", "bash", ["--ss_p_max", "0.1"]),
-    ("bash p0.25 linear", "bash", ["--ss_p_max", "0.25"]),
-    ("bash p0.5 linear", "bash", ["--ss_p_max", "0.5"]),
-    ("bash p0.25 constant", "bash", ["--ss_schedule", "constant", "--ss_p_max", "0.25"]),
-    ("bash p0.25 linear, 2 rounds", "bash", ["--bash_rounds", "2"]),
-    ("bash p0.5 constant", "bash", ["--ss_schedule", "constant", "--ss_p_max", "0.5"]),
+    ("bash p0.1 linear", "bash", _bash("linear", "0.1")),
+    ("bash p0.25 linear", "bash", _bash("linear", "0.25")),
+    ("bash p0.5 linear", "bash", _bash("linear", "0.5")),
+    ("bash p0.25 constant", "bash", _bash("constant", "0.25")),
+    ("bash p0.25 linear, 2 rounds", "bash", _bash("linear", "0.25", "--bash_rounds", "2")),
+    ("bash p0.5 constant", "bash", _bash("constant", "0.5")),
     (
         "bash p0.25 constant, sampled T1",
         "bash",
-        ["--ss_schedule", "constant", "--ss_p_max", "0.25", "--bash_temperature", "1.0"],
+        _bash("constant", "0.25", "--bash_temperature", "1.0"),
     ),
-    ("rac first_divergence mix0.5", "rac", ["--rac_variant", "first_divergence"]),
-    ("rac whole mix0.5", "rac", ["--rac_variant", "whole"]),
-    ("rac random mix0.5", "rac", ["--rac_variant", "random"]),
-    ("rac whole mix0.25", "rac", ["--rac_variant", "whole", "--rac_mix", "0.25"]),
-    ("rac whole only_wrong", "rac", ["--rac_variant", "whole", "--rac_only_wrong", "true"]),
+    ("rac first_divergence mix0.5", "rac", _rac("first_divergence", "0.5")),
+    ("rac whole mix0.5", "rac", _rac("whole", "0.5")),
+    ("rac random mix0.5", "rac", _rac("random", "0.5")),
+    ("rac whole mix0.25", "rac", _rac("whole", "0.25")),
+    ("rac whole only_wrong", "rac", _rac("whole", "0.5", "--rac_only_wrong", "true")),
     (
         "rac first_divergence only_wrong",
         "rac",
-        ["--rac_variant", "first_divergence", "--rac_only_wrong", "true"],
+        _rac("first_divergence", "0.5", "--rac_only_wrong", "true"),
     ),
 ]
 

@@ -180,8 +180,8 @@ def build_rac_samples(
     examples: list[Example],
     drafts: dict[str, list[list[int]]],
     *,
-    variant: str = "first_divergence",
-    mix: float = 0.5,
+    variant: str = "whole",
+    mix: float = 0.25,
     only_wrong: bool = False,
     seed: int = 0,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -344,8 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--drafts", required=True, help="generation jsonl with the model's drafts")
     p.add_argument("--tokenizer", required=True, help="the model's tokenizer (folder or hub name)")
     p.add_argument("--out", required=True, help="the RAC jsonl to write")
-    p.add_argument("--variant", default="first_divergence", choices=CUT_VARIANTS)
-    p.add_argument("--mix", type=float, default=0.5, help="fraction of correction samples")
+    p.add_argument("--variant", default="whole", choices=CUT_VARIANTS)
+    p.add_argument("--mix", type=float, default=0.25, help="fraction of correction samples")
     p.add_argument("--only-wrong", action="store_true", help="keep drafts with a wrong answer")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

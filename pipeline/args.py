@@ -53,7 +53,7 @@ class PipelineArgs:
         default="sft,bash,rac,scs", metadata={"help": "sft here means SFT continued"}
     )
     # BASH and SCS
-    ss_schedule: str = "linear"
+    ss_schedule: str = "constant"
     ss_p_max: float = 0.25
     ss_warmup_steps: int = 0
     ss_ramp_steps: int = 100
@@ -70,8 +70,8 @@ class PipelineArgs:
             "default: method_examples * rac_mix, as many drafts as correction rows needed"
         },
     )
-    rac_variant: str = "first_divergence"
-    rac_mix: float = 0.5
+    rac_variant: str = "whole"
+    rac_mix: float = 0.25
     rac_only_wrong: bool = False
 
     def method_list(self) -> list[str]:

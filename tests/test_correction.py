@@ -188,7 +188,9 @@ def drafts_for(tokenizer: PreTrainedTokenizerBase) -> dict[str, list[list[int]]]
 
 def test_build_counts_and_rows(tokenizer: PreTrainedTokenizerBase) -> None:
     examples = [example(i) for i in range(4)]
-    rows, report = build_rac_samples(tokenizer, examples, drafts_for(tokenizer), mix=0.5)
+    rows, report = build_rac_samples(
+        tokenizer, examples, drafts_for(tokenizer), variant="first_divergence", mix=0.5
+    )
     assert report == {
         "examples": 4,
         "drafts": 7,
@@ -289,12 +291,15 @@ def test_cli_round_trip(tokenizer: PreTrainedTokenizerBase, tmp_path: Path, caps
     gen = write_jsonl(tmp_path / "drafts.jsonl", generations)
     out = tmp_path / "rac.jsonl"
     argv = ["--data", str(data), "--drafts", str(gen), "--tokenizer", str(tmp_path / "tok")]
-    main([*argv, "--out", str(out), "--only-wrong", "--seed", "3"])
+    options = ["--variant", "first_divergence", "--mix", "0.5", "--only-wrong", "--seed", "3"]
+    main([*argv, "--out", str(out), *options])
     printed = capsys.readouterr().out
     assert '"kept": 3' in printed and "wrote 6 rows" in printed
 
     examples = [Example(f"ex{i}", QUESTION, REFERENCE, "math") for i in range(3)]
-    expected, _ = build_rac_samples(tokenizer, examples, drafts, only_wrong=True, seed=3)
+    expected, _ = build_rac_samples(
+        tokenizer, examples, drafts, variant="first_divergence", mix=0.5, only_wrong=True, seed=3
+    )
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert lines == expected
     loaded, _ = load_examples(str(out), task="math")

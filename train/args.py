@@ -20,7 +20,7 @@ class TrainArgs:
         },
     )
     ss_schedule: str = field(
-        default="linear",
+        default="constant",
         metadata={"help": "bash/scs: p over steps: constant, linear, inverse_sigmoid, exponential"},
     )
     ss_p_max: float = field(default=0.25, metadata={"help": "bash/scs: the largest p"})
