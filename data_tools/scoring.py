@@ -1,4 +1,6 @@
-"""Scoring generations: exact match of the final number for math, ROUGE for summarization."""
+"""Scoring generations: exact match of the final answer for math, ROUGE for summarization, a
+judge's pairwise win rate against the reference for qa and summarization; every score with a
+bootstrap confidence interval."""
 
 from __future__ import annotations
 
@@ -6,10 +8,11 @@ import re
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rouge_score import rouge_scorer
 
+from data_tools.bootstrap import LEVEL, RESAMPLES, SEED, bootstrap_ci
 from data_tools.prompting import CORRECTION_MARKER, final_answer_text
 from data_tools.schema import DataError
 from data_tools.sources import jsonl_objects
@@ -17,8 +20,15 @@ from data_tools.sources import jsonl_objects
 # A minus sign only where it cannot be a hyphen or a subtraction ("3-4", "x-1"); commas only as
 # thousands separators, so a list "3,4,5" is three numbers; a trailing period is not a decimal.
 _NUMBER = re.compile(r"(?:(?<![\w)])-)?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+# What models write before a final answer: GSM8K's "####", LaTeX's \boxed{...}, "The answer is",
+# "Answer:", and "A:" at the start of a line when a number follows (Q/A few-shot prompts).
+_MARKER = re.compile(
+    r"####|\\boxed\s*\{|(?i:\banswer\b\s*(?:is\b|:))|^[ \t]*A:(?=[ \t]*-?\$?\d)", re.MULTILINE
+)
+PICKS = ("last", "first")
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-SCORED_TASKS = ("math", "summarization")
+SCORED_TASKS = ("math", "summarization", "qa")
+JUDGED_TASKS = ("qa", "summarization")
 
 
 def _normalise(number: str) -> str:
@@ -28,16 +38,45 @@ def _normalise(number: str) -> str:
     return format(value.normalize(), "f")  # "0.50" -> "0.5"
 
 
-def extract_answer(text: str) -> str | None:
+def _box(text: str, start: int) -> str:
+    """The text inside the braces opened just before `start`, nested braces included (to the end
+    of the text when they never close, as in a generation cut short)."""
+    depth = 1
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i]
+    return text[start:]
+
+
+def marked_answers(text: str) -> list[str]:
+    """The answer after each answer marker, in order: the first number after the marker (inside
+    the braces for \\boxed), before the next marker. Markers with no number are left out."""
+    marks = list(_MARKER.finditer(text))
+    answers = []
+    for k, mark in enumerate(marks):
+        if mark.group().startswith("\\boxed"):
+            scope = _box(text, mark.end())
+        else:
+            scope = text[mark.end() : marks[k + 1].start() if k + 1 < len(marks) else len(text)]
+        if number := _NUMBER.search(scope):
+            answers.append(_normalise(number.group()))
+    return answers
+
+
+def extract_answer(text: str, pick: str = "last") -> str | None:
     """The final numeric answer, normalised, or None if there is none.
 
-    The first number after the last `####` (GSM8K's answer marker) wins, even over numbers the
-    model wrote after it; without a marker (or with nothing numeric after it), the last number
-    in the text.
+    A marked answer wins (see `marked_answers`): the last one by default, since a model that
+    answers twice has usually corrected itself, or the first (`pick="first"`). Numbers written
+    after the chosen marker (units, remarks, "20 more for the road") do not count. Without any
+    marked answer, the last number in the text, where a chain of reasoning ends.
     """
-    _, marker, tail = text.rpartition("####")
-    if marker and (match := _NUMBER.search(tail)):
-        return _normalise(match.group())
+    if pick not in PICKS:
+        raise ValueError(f"pick must be one of {PICKS}, got {pick!r}")
+    text = text.replace("{,}", ",")  # LaTeX's thousands separator, 1{,}800
+    if answers := marked_answers(text):
+        return answers[-1] if pick == "last" else answers[0]
     numbers = _NUMBER.findall(text)
     return _normalise(numbers[-1]) if numbers else None
 
@@ -72,10 +111,26 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
     return {k: _mean(each, k) for k in ROUGE_TYPES}
 
 
-def _read_generations(path: Path, task: str) -> list[dict[str, Any]]:
+class Judge(Protocol):
+    """A pairwise judge (`generate.judge.PairwiseJudge`). `compare` returns, per example, the
+    record of its verdicts in both orders and `win`: the generation's score against the
+    reference, 1 (win), 0.5 (tie) or 0 (loss). `info` says which judge, for the summary."""
+
+    info: dict[str, Any]
+
+    def compare(
+        self, prompts: Sequence[str], generations: Sequence[str], references: Sequence[str]
+    ) -> list[dict[str, Any]]: ...
+
+
+def _mean_ci(name: str, values: Sequence[float]) -> dict[str, Any]:
+    return {name: sum(values) / len(values), f"{name}_ci": bootstrap_ci(values)}
+
+
+def _read_generations(path: Path, task: str, fields: Sequence[str]) -> list[dict[str, Any]]:
     rows, seen = [], {}
     for where, row in jsonl_objects(path):
-        for key in ("id", "generation", "reference"):
+        for key in fields:
             if not isinstance(row.get(key), str):
                 raise DataError(where, key, "missing or not a string")
         if row["id"] in seen:  # e.g. a resumed run that appended: would count twice
@@ -89,33 +144,51 @@ def _read_generations(path: Path, task: str) -> list[dict[str, Any]]:
     return rows
 
 
-def score_file(path: str | Path, task: str, marker: str = CORRECTION_MARKER) -> dict[str, Any]:
-    """Score a generation jsonl (rows with "id", "generation", "reference").
+def score_file(
+    path: str | Path,
+    task: str,
+    marker: str = CORRECTION_MARKER,
+    *,
+    pick: str = "last",
+    judge: Judge | None = None,
+) -> dict[str, Any]:
+    """Score a generation jsonl (rows with "id", "generation", "reference"; "prompt" too when
+    judged).
 
-    Returns {"summary": {...}, "examples": [...]}: the summary has `n` and exact_match (math) or
-    rouge1/rouge2/rougeL (summarization); each example has its id and its own scores.
+    Returns {"summary": {...}, "examples": [...]}. The summary has `n` and, each with a 95%
+    bootstrap interval `<score>_ci`: exact_match (math), rouge1/rouge2/rougeL (summarization),
+    win_rate (qa, and summarization when a judge is given). Each example has its id and its own
+    scores. A self-correcting generation is scored on its text after the last `marker`.
     """
     if task not in SCORED_TASKS:
         raise ValueError(f"no scorer for task {task!r}; scored tasks are {SCORED_TASKS}")
-    rows = _read_generations(Path(path), task)
+    if judge is None and task == "qa":
+        raise ValueError("task 'qa' is scored by a judge only; give one (generate.score --judge)")
+    if judge is not None and task not in JUDGED_TASKS:
+        raise ValueError(f"the judge scores {JUDGED_TASKS}; {task!r} is scored by exact match")
+    fields = ("id", "generation", "reference") + (("prompt",) if judge is not None else ())
+    rows = _read_generations(Path(path), task, fields)
+    answers = [final_answer_text(r["generation"], marker) for r in rows]
+    references = [r["reference"] for r in rows]
+    examples: list[dict[str, Any]] = [{"id": r["id"]} for r in rows]
+    summary: dict[str, Any] = {"task": task, "n": len(rows)}
     if task == "math":
-        examples = []
-        for r in rows:
-            # A self-correcting generation answers after its last correction marker.
-            prediction = extract_answer(final_answer_text(r["generation"], marker))
-            answer = extract_answer(r["reference"])
-            examples.append(
-                {
-                    "id": r["id"],
-                    "prediction": prediction,
-                    "answer": answer,
-                    "correct": prediction == answer,
-                }
-            )
-        correct = sum(e["correct"] for e in examples)
-        summary = {"n": len(rows), "correct": correct, "exact_match": correct / len(rows)}
-    else:
-        each = _rouge_each([r["generation"] for r in rows], [r["reference"] for r in rows])
-        examples = [{"id": r["id"], **s} for r, s in zip(rows, each, strict=True)]
-        summary = {"n": len(rows), **{k: _mean(each, k) for k in ROUGE_TYPES}}
-    return {"summary": {"task": task, **summary}, "examples": examples}
+        for e, answer, reference in zip(examples, answers, references, strict=True):
+            prediction, expected = extract_answer(answer, pick), extract_answer(reference)
+            e.update(prediction=prediction, answer=expected, correct=prediction == expected)
+        summary["correct"] = sum(e["correct"] for e in examples)
+        summary.update(_mean_ci("exact_match", [float(e["correct"]) for e in examples]))
+    if task == "summarization":
+        for e, s in zip(examples, _rouge_each(answers, references), strict=True):
+            e.update(s)
+        for key in ROUGE_TYPES:
+            summary.update(_mean_ci(key, [e[key] for e in examples]))
+    if judge is not None:
+        records = judge.compare([r["prompt"] for r in rows], answers, references)
+        for e, record in zip(examples, records, strict=True):
+            e.update(record)
+        wins = [e["win"] for e in examples]
+        summary.update(wins=wins.count(1.0), ties=wins.count(0.5), losses=wins.count(0.0))
+        summary.update(_mean_ci("win_rate", wins), judge=judge.info)
+    summary["bootstrap"] = {"resamples": RESAMPLES, "level": LEVEL, "seed": SEED}
+    return {"summary": summary, "examples": examples}

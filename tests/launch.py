@@ -11,6 +11,13 @@ from pathlib import Path
 from runtime.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
+# The comparison pipeline in a few minutes: every stage, tiny data, few steps, short answers.
+TINY_PIPELINE = [
+    *("--config", "configs/compare_demo.yaml"),
+    *("--synthetic_sizes", "train=300,validation=24,test=24"),
+    *("--micro_batch_size", "8", "--sft_steps", "20", "--method_steps", "6"),
+    *("--rac_prompts", "32", "--max_new_tokens", "32"),
+]
 
 
 def command(module: str, args: list[str], nproc: int = 1) -> list[str]:

@@ -12,16 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_tools.atomic import write_jsonl
 from data_tools.prompting import CORRECTION_MARKER
 from data_tools.sources import load_examples
-from data_tools.synthetic_math import Difficulty, make_splits
 from data_tools.tokenization import encode_prompts
 from generate.__main__ import main
 from generate.sampling import SeededSampler, example_seed, generate_batch, longest_first
 from runtime.ds_config import ConfigError
 from runtime.modeling import load_model
 from tests.launch import env, run
+from tests.models import problems_and_model
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_NEW = 16
@@ -32,14 +31,7 @@ SAMPLING = ["--do_sample", "true", "--temperature", "0.8", "--top_p", "0.95", "-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
     """40 synthetic problems and a tiny random model, saved as a model folder."""
-    root = tmp_path_factory.mktemp("generate")
-    write_jsonl(root / "data.jsonl", make_splits({"train": 40}, Difficulty(), seed=1)["train"])
-    model = load_model(tokenizer, config_file=str(REPO / "configs/models/tiny-llama.json"), seed=0)
-    with torch.no_grad():  # a random model hardly ever ends; make EOS likely enough that some do
-        model.lm_head.weight[tokenizer.eos_token_id] *= 6
-    model.save_pretrained(root / "model", safe_serialization=True)
-    tokenizer.save_pretrained(root / "model")
-    return root
+    return problems_and_model(tmp_path_factory.mktemp("generate"), tokenizer, 40, seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -14,30 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.launch import REPO, env
+from tests.launch import REPO, TINY_PIPELINE, env
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "--config",
-    "configs/compare_demo.yaml",
-    "--synthetic_sizes",
-    "train=300,validation=24,test=24",
-    "--nproc",
-    "2",
-    "--micro_batch_size",
-    "8",
-    "--sft_steps",
-    "20",
-    "--method_steps",
-    "6",
-    "--ss_ramp_steps",
-    "3",
-    "--rac_prompts",
-    "32",
-    "--max_new_tokens",
-    "32",
-]
+TINY = [*TINY_PIPELINE, "--nproc", "2"]
 FINISHED_BEFORE_KILL = {
     "data": "data/difficulty.json",
     "tokenizer": "tokenizer/tokenizer.json",

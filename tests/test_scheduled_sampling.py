@@ -17,19 +17,11 @@ from data_tools.tokenization import encode_examples
 from runtime.fingerprint import model_fingerprint, tokenizer_fingerprint
 from runtime.modeling import load_model
 from tests.launch import run
+from tests.models import save_tiny_model
 from train.predictions import load_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def save_model(tokenizer, folder: Path, seed: int) -> Path:
-    model = load_model(
-        tokenizer, config_file=str(REPO / "configs/models/tiny-llama.json"), seed=seed
-    )
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +29,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
     """64 problems, two different random models, and model A's teacher-forced tokens."""
     root = tmp_path_factory.mktemp("scheduled_sampling")
     write_jsonl(root / "data.jsonl", make_splits({"train": 64}, Difficulty(), seed=2)["train"])
-    save_model(tokenizer, root / "model_a", seed=0)
-    save_model(tokenizer, root / "model_b", seed=1)
+    save_tiny_model(tokenizer, root / "model_a", seed=0)
+    save_tiny_model(tokenizer, root / "model_b", seed=1)
     run(
         "generate",
         ["--model_name_or_path", str(root / "model_a"), "--data", str(root / "data.jsonl")]

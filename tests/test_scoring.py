@@ -1,4 +1,5 @@
-"""Answer extraction, exact match, ROUGE, and scoring a generation file (library and CLI)."""
+"""Answer extraction, exact match, ROUGE, bootstrap intervals, and scoring a generation file
+(library and CLI). The judge's win rate is tested in test_judge.py."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 from rouge_score import rouge_scorer
 
+from data_tools.bootstrap import bootstrap_ci
 from data_tools.schema import DataError
 from data_tools.scoring import extract_answer, math_exact_match, rouge, score_file
 from generate.score import main
@@ -34,10 +36,52 @@ from generate.score import main
         ("#### 5\n#### 7 ducks, 9 geese", "7"),
         ("so 12 in all\n####", "12"),  # an empty marker falls back to the last number
         ("#### -0.0", "0"),
+        # The formats models write; numbers after the chosen marker do not count.
+        ("#### 18", "18"),
+        ("#### 18 dollars, 2 more than 16", "18"),
+        ("The answer is 18.", "18"),
+        ("So the answer is 18 apples, 2 more than Tom's 16.", "18"),
+        ("The final answer is: $1,800.00 per month for 12 months", "1800"),
+        ("**Answer:** 18 ducks", "18"),
+        ("Q: How many?\nA: 18", "18"),
+        ("A: 18 eggs\nQ: And 3 more?", "18"),
+        ("A: Tom has 5 apples and buys 3, so 8.", "8"),  # no number right after A: - no marker
+        ("Plan A: 5 rows of 4", "4"),  # "A:" marks an answer at the start of a line only
+        ("$1,800", "1800"),
+        ("\\boxed{18}", "18"),
+        ("so $\\boxed{18}$ eggs, 4 left over", "18"),
+        ("\\boxed{\\text{18 apples}} since 20 - 2", "18"),  # nested braces
+        ("\\boxed{1{,}800}", "1800"),  # LaTeX's thousands separator
+        ("\\boxed{-3} degrees", "-3"),
+        ("The answer is $\\boxed{18}$.", "18"),
+        ("\\boxed{18", "18"),  # cut short before the brace closed
+        ("The answer is unclear; 3 + 4 = 7", "3"),  # the first number after the marker
+        ("The answer is\n#### 18", "18"),  # a marker without a number gives way
+        # Several answers: the last one counts.
+        ("The answer is 12.\nWait, I forgot the 6 eggs. The answer is 18.", "18"),
+        ("#### 12\n\\boxed{18}", "18"),
+        ("\\boxed{12} or \\boxed{18}", "18"),
+        ("answers: 3 of them", "3"),  # "answers" is not a marker: the last number
     ],
 )
 def test_extract_answer(text: str, expected: str | None) -> None:
     assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "first", "last"),
+    [
+        ("#### 5\n#### 7", "5", "7"),
+        ("The answer is 12. Wait, no: the answer is 18.", "12", "18"),
+        ("A: 3\nA: 4\n\\boxed{5}", "3", "5"),
+        ("4 and 6, so 10", "10", "10"),  # without a marker, the last number either way
+    ],
+)
+def test_extract_answer_pick(text: str, first: str, last: str) -> None:
+    assert extract_answer(text, pick="first") == first
+    assert extract_answer(text, pick="last") == extract_answer(text) == last
+    with pytest.raises(ValueError, match="pick must be one of"):
+        extract_answer(text, pick="middle")
 
 
 def test_math_exact_match() -> None:
@@ -50,6 +94,18 @@ def test_math_exact_match() -> None:
     assert not math_exact_match("I do not know.", reference)
     with pytest.raises(ValueError, match="no number in the reference"):
         math_exact_match("#### 18", "unanswerable")
+
+
+def test_bootstrap_ci() -> None:
+    values = [1.0] * 200 + [0.0] * 200
+    lo, hi = bootstrap_ci(values)
+    assert bootstrap_ci(values) == [lo, hi]  # seeded: the same interval every time
+    # The normal approximation: 0.5 +- 1.96 * sqrt(0.25 / 400) = 0.5 +- 0.049.
+    assert lo == pytest.approx(0.451, abs=0.01) and hi == pytest.approx(0.549, abs=0.01)
+    assert bootstrap_ci([0.25] * 7) == [0.25, 0.25]
+    assert bootstrap_ci([0.0, 1.0], level=0.5, seed=3) != bootstrap_ci([0.0, 1.0], level=0.99)
+    with pytest.raises(ValueError, match="no values"):
+        bootstrap_ci([])
 
 
 def test_rouge_matches_rouge_score() -> None:
@@ -81,7 +137,14 @@ MATH_ROWS = [
 
 def test_score_file_math(tmp_path: Path) -> None:
     scores = score_file(write_generations(tmp_path / "gen.jsonl", MATH_ROWS), "math")
-    assert scores["summary"] == {"task": "math", "n": 4, "correct": 2, "exact_match": 0.5}
+    assert scores["summary"] == {
+        "task": "math",
+        "n": 4,
+        "correct": 2,
+        "exact_match": 0.5,
+        "exact_match_ci": bootstrap_ci([1.0, 1.0, 0.0, 0.0]),
+        "bootstrap": {"resamples": 1000, "level": 0.95, "seed": 0},
+    }
     assert [e["correct"] for e in scores["examples"]] == [True, True, False, False]
     assert scores["examples"][1] == {
         "id": "b",
@@ -98,10 +161,19 @@ def test_score_file_summarization(tmp_path: Path) -> None:
         {"id": "b", "generation": "dogs bark", "reference": "a dog barked loudly"},
     ]
     scores = score_file(write_generations(tmp_path / "gen.jsonl", rows), "summarization")
+    summary = scores["summary"]
     expected = rouge([r["generation"] for r in rows], [r["reference"] for r in rows])
-    assert scores["summary"] == {"task": "summarization", "n": 2, **expected}
+    assert {k: summary[k] for k in expected} == expected
     assert [e["id"] for e in scores["examples"]] == ["a", "b"]
     assert scores["examples"][0]["rouge1"] == pytest.approx(2 * 3 / (3 + 6))
+    # Each ROUGE score by rouge-score itself, and its interval over the per-example scores.
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    for e, r in zip(scores["examples"], rows, strict=True):
+        direct = scorer.score(r["reference"], r["generation"])
+        assert {k: e[k] for k in expected} == {k: direct[k].fmeasure for k in expected}
+    for key in expected:
+        assert summary[f"{key}_ci"] == bootstrap_ci([e[key] for e in scores["examples"]])
+        assert summary[f"{key}_ci"][0] <= summary[key] <= summary[f"{key}_ci"][1]
 
 
 @pytest.mark.parametrize(
@@ -123,14 +195,22 @@ def test_score_file_bad_rows(tmp_path: Path, line, field: str | None, problem: s
 
 
 def test_score_file_refuses_unscored_task(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no scorer for task 'qa'"):
-        score_file(write_generations(tmp_path / "gen.jsonl", MATH_ROWS), "qa")
+    path = write_generations(tmp_path / "gen.jsonl", MATH_ROWS)
+    with pytest.raises(ValueError, match="no scorer for task 'code'"):
+        score_file(path, "code")
+    with pytest.raises(ValueError, match="'qa' is scored by a judge only"):
+        score_file(path, "qa")
+    with pytest.raises(SystemExit):
+        main([str(path), "--task", "qa"])
+    with pytest.raises(SystemExit):
+        main([str(path), "--task", "math", "--judge", "never/loaded"])
 
 
 def test_cli_writes_summary_and_examples(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     generations = write_generations(tmp_path / "gen.jsonl", MATH_ROWS)
     main([str(generations), "--task", "math"])
-    assert capsys.readouterr().out.strip() == "exact_match: 0.5000 (2/4)"
+    lo, hi = bootstrap_ci([1.0, 1.0, 0.0, 0.0])
+    assert capsys.readouterr().out.strip() == f"exact_match: 0.5000 [{lo:.4f}, {hi:.4f}] (2/4)"
     summary = json.loads((tmp_path / "gen.summary.json").read_text())
     assert summary["exact_match"] == 0.5
     examples = (tmp_path / "gen.summary.examples.jsonl").read_text().splitlines()
@@ -153,3 +233,6 @@ def test_a_self_corrected_generation_is_scored_on_its_last_answer(tmp_path):
     path = tmp_path / "gen.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert [e["correct"] for e in score_file(path, "math")["examples"]] == [True, False, True]
+    row = {"id": "s", "generation": "a dog\nCorrection:\nthe cat", "reference": "the cat"}
+    path.write_text(json.dumps(row) + "\n")
+    assert score_file(path, "summarization")["examples"][0]["rouge1"] == 1.0

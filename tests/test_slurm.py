@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from data_tools.synthetic_math import Difficulty, write_splits
 from tests import wandb_files
-from tests.launch import REPO, env, run
+from tests.launch import REPO, TINY_PIPELINE, env, run
 from tests.slurm_jobs import job, log_tails, sbatch, wait, wait_completed
 
 pytestmark = [
@@ -36,25 +36,6 @@ pytestmark = [
 
 STEPS = 40
 TWO_NODES = ["--nodes=2", "--ntasks-per-node=1"]
-# The options of a small pipeline (test_pipeline.py's): every method, 2 ranks per stage.
-TINY_PIPELINE = [
-    "--config",
-    "configs/compare_demo.yaml",
-    "--synthetic_sizes",
-    "train=300,validation=24,test=24",
-    "--micro_batch_size",
-    "8",
-    "--sft_steps",
-    "20",
-    "--method_steps",
-    "6",
-    "--ss_ramp_steps",
-    "3",
-    "--rac_prompts",
-    "32",
-    "--max_new_tokens",
-    "32",
-]
 
 
 @pytest.fixture(scope="session")

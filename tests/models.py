@@ -1,0 +1,37 @@
+"""Tiny random models saved as model folders, as the entrypoints load them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from data_tools.atomic import write_jsonl
+from data_tools.synthetic_math import Difficulty, make_splits
+from runtime.modeling import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def save_tiny_model(
+    tokenizer: PreTrainedTokenizerBase, folder: Path, seed: int = 0, eos_boost: float = 1.0
+) -> Path:
+    """configs/models/tiny-llama.json with random weights (and the tokenizer) in `folder`.
+    A random model hardly ever ends; `eos_boost` > 1 makes EOS likely enough that some do."""
+    model = load_model(
+        tokenizer, config_file=str(REPO / "configs/models/tiny-llama.json"), seed=seed
+    )
+    with torch.no_grad():
+        model.lm_head.weight[tokenizer.eos_token_id] *= eos_boost
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def problems_and_model(root: Path, tokenizer: PreTrainedTokenizerBase, n: int, seed: int) -> Path:
+    """`root`/data.jsonl with `n` synthetic problems and `root`/model, a tiny random model whose
+    generations sometimes end."""
+    write_jsonl(root / "data.jsonl", make_splits({"train": n}, Difficulty(), seed=seed)["train"])
+    save_tiny_model(tokenizer, root / "model", eos_boost=6)
+    return root
