@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
+from pathlib import Path
 
 import deepspeed
 import torch.distributed as dist
@@ -26,10 +28,31 @@ def init() -> tuple[int, int]:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+    _unlink_shm_buffer()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if get_accelerator().device_name() != "cpu":
         get_accelerator().set_device(local_rank)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _unlink_shm_buffer() -> None:
+    """DeepSpeed's CPU all-reduce between local ranks maps one /dev/shm buffer per rank (about
+    70 MB) and never removes it, so every run would leave its buffers in RAM. Once every rank
+    has mapped every buffer (init maps them all; then the barrier), the names are not needed:
+    unlinking them now frees the memory when the processes exit, also after a crash."""
+    if get_accelerator().device_name() != "cpu" or dist.get_world_size() == 1:
+        return
+    dist.barrier()
+    name = "_".join(
+        [
+            "deepspeed_allreduce_buffer",
+            str(os.getuid()),
+            os.environ.get("MASTER_ADDR", ""),
+            os.environ.get("MASTER_PORT", ""),
+            str(dist.get_rank()),
+        ]
+    )
+    Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 def device() -> str:
@@ -44,3 +67,20 @@ def is_main() -> bool:
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def on_main(fn: Callable[[], None]) -> None:
+    """Run `fn` on rank 0 only, the others waiting; if it raises, every rank raises (the others
+    with rank 0's message), rather than the others waiting for rank 0 forever."""
+    error, message = None, [None]
+    if is_main():
+        try:
+            fn()
+        except Exception as e:
+            error, message = e, [f"{type(e).__name__}: {e}"]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(message, src=0)
+    if error is not None:
+        raise error
+    if message[0] is not None:
+        raise RuntimeError(f"rank 0 failed: {message[0]}")
