@@ -49,7 +49,6 @@ VARIANTS = [
     ("bash p0.5 linear", "bash", _bash("linear", "0.5")),
     ("bash p0.25 constant", "bash", _bash("constant", "0.25")),
     ("bash p0.25 linear, 2 rounds", "bash", _bash("linear", "0.25", "--bash_rounds", "2")),
-    ("bash p0.5 constant", "bash", _bash("constant", "0.5")),
     (
         "bash p0.25 constant, sampled T1",
         "bash",
@@ -57,14 +56,8 @@ VARIANTS = [
     ),
     ("rac first_divergence mix0.5", "rac", _rac("first_divergence", "0.5")),
     ("rac whole mix0.5", "rac", _rac("whole", "0.5")),
-    ("rac random mix0.5", "rac", _rac("random", "0.5")),
     ("rac whole mix0.25", "rac", _rac("whole", "0.25")),
     ("rac whole only_wrong", "rac", _rac("whole", "0.5", "--rac_only_wrong", "true")),
-    (
-        "rac first_divergence only_wrong",
-        "rac",
-        _rac("first_divergence", "0.5", "--rac_only_wrong", "true"),
-    ),
 ]
 
 
