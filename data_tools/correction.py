@@ -38,7 +38,14 @@ from data_tools.prompting import CORRECTION_MARKER
 from data_tools.schema import TASKS, DataError, Example
 from data_tools.scoring import math_exact_match
 from data_tools.sources import jsonl_objects, load_examples
-from data_tools.tokenization import IGNORE_INDEX, Encoded, TruncationReport, cut_left, prompt_ids
+from data_tools.tokenization import (
+    IGNORE_INDEX,
+    Encoded,
+    TruncationReport,
+    check_sample,
+    cut_left,
+    prompt_ids,
+)
 
 CUT_VARIANTS = ("whole", "first_divergence", "random")
 
@@ -131,7 +138,9 @@ def encode_correction(
         report.drafts_cut += draft_cut > 0
         report.draft_tokens_cut += draft_cut
     context = prompt + draft
-    return Encoded(example.id, context + tail, [IGNORE_INDEX] * len(context) + tail)
+    encoded = Encoded(example.id, context + tail, [IGNORE_INDEX] * len(context) + tail)
+    check_sample(example, encoded, eos, len(reference))
+    return encoded
 
 
 def cut_draft(

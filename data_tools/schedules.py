@@ -53,6 +53,18 @@ class SamplingSchedule:
     k: float = 100.0
     decay: float = 0.999
 
+    @classmethod
+    def from_args(cls, args) -> SamplingSchedule:
+        """The schedule a run's `ss_*` options (train/args.py) describe."""
+        return cls(
+            args.ss_schedule,
+            args.ss_p_max,
+            args.ss_warmup_steps,
+            args.ss_ramp_steps,
+            args.ss_k,
+            args.ss_decay,
+        )
+
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULE_KINDS:
             raise ValueError(f"schedule kind must be one of {SCHEDULE_KINDS}, got {self.kind!r}")

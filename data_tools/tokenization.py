@@ -1,7 +1,8 @@
 """Tokenization with the loss on the response only, and a truncation policy that keeps the response.
 
 A training sequence is `prompt tokens + response tokens + EOS`; labels are -100 on the prompt
-(and, after collation, on the padding), so only the response and its EOS are learnt. When the
+(and, after collation, on the padding), so only the response and its EOS are learnt
+(`loss_on="all"` learns the prompt too, as some published recipes do). When the
 sequence is too long, the prompt is cut from the left (after its BOS), since the end of a prompt
 (the question, the generation cue) matters most. What was cut is counted and reported.
 """
@@ -18,6 +19,7 @@ from data_tools.schema import DataError, Example
 
 IGNORE_INDEX = -100
 OVERLONG_POLICIES = ("truncate", "error", "skip")
+LOSS_ON = ("response", "all")
 
 
 @dataclass
@@ -78,17 +80,43 @@ def _overlong(
     )
 
 
+def check_sample(example: Example, encoded: Encoded, eos_id: int, response_tokens: int) -> None:
+    """Refuse a training sample that would teach nothing, or never to stop: one without any
+    trained token, one whose response lost every token (to truncation or tokenization), and one
+    whose final EOS is not trained (the classic bug when pad = EOS and padding is masked by id).
+    Nothing is skipped silently: the error names the example and where it came from."""
+    where = example.origin or f"example {example.id}"
+    if all(label == IGNORE_INDEX for label in encoded.labels):
+        raise DataError(where, "response", f"example {example.id!r} has no trained token")
+    if response_tokens == 0:
+        raise DataError(
+            where, "response", f"example {example.id!r}: no response token is left to train on"
+        )
+    if encoded.input_ids[-1] != eos_id or encoded.labels[-1] != eos_id:
+        raise DataError(
+            where,
+            "response",
+            f"example {example.id!r}: the final EOS ({eos_id}) is not trained (labels end with "
+            f"{encoded.labels[-3:]}): the model would never learn to stop",
+        )
+
+
 def encode_examples(
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[Example],
     max_length: int,
     overlong: str = "truncate",
+    loss_on: str = "response",
 ) -> tuple[list[Encoded], TruncationReport]:
     """Tokenize for training. `overlong` says what to do when prompt + response exceed `max_length`:
     cut the prompt from the left ("truncate"), refuse ("error") or drop the example ("skip").
-    A response that cannot fit even with an empty prompt is an error unless "skip" is chosen."""
+    A response that cannot fit even with an empty prompt is an error unless "skip" is chosen.
+    `loss_on` "all" puts the labels on the prompt too, except on its first token, which no
+    position predicts (the loss's shift drops it), so that `num_trained` counts the targets."""
     if overlong not in OVERLONG_POLICIES:
         raise ValueError(f"overlong must be one of {OVERLONG_POLICIES}, got {overlong!r}")
+    if loss_on not in LOSS_ON:
+        raise ValueError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
     report = TruncationReport(examples=len(examples))
     prompts = prompt_ids(tokenizer, [e.prompt for e in examples])
     responses = [e.response for e in examples]
@@ -122,9 +150,10 @@ def encode_examples(
             report.prompts_cut += 1
             report.prompt_tokens_cut += len(prompt) - room
             prompt = cut_left(prompt, room, tokenizer.bos_token_id)
-        encoded.append(
-            Encoded(example.id, prompt + response, [IGNORE_INDEX] * len(prompt) + response)
-        )
+        context = prompt[:1] if loss_on == "all" else prompt
+        labels = [IGNORE_INDEX] * len(context) + prompt[len(context) :] + response
+        encoded.append(Encoded(example.id, prompt + response, labels))
+        check_sample(example, encoded[-1], tokenizer.eos_token_id, len(response) - 1)
     return encoded, report
 
 

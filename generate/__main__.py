@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -39,13 +39,14 @@ from data_tools.schema import Example
 from data_tools.tokenization import encode_examples, encode_prompts
 from generate.args import GenerateArgs
 from generate.sampling import eos_ids, example_seed, generate_batch, longest_first
-from runtime import distributed
+from runtime import distributed, dry_run
 from runtime.args import DataArgs, ModelArgs
 from runtime.config import parse_config
 from runtime.ds_config import DTYPES, resolve_precision
 from runtime.fingerprint import model_fingerprint, tokenizer_fingerprint
 from runtime.modeling import load_model, load_tokenizer
 from runtime.self_tokens import teacher_forced_predictions
+from runtime.tracking import Tracker
 
 
 def read_rows(path: Path) -> dict[str, dict[str, Any]]:
@@ -91,6 +92,13 @@ def with_samples(examples: list[Example], n: int) -> list[Example]:
 
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, args = parse_config((ModelArgs, DataArgs, GenerateArgs), argv)
+    if args.dry_run:
+        done = read_rows(Path(args.output))
+        for part in sorted(Path(f"{args.output}.parts").glob("*.jsonl")):
+            done.update(read_rows(part))
+        examples = with_samples(data_args.load(), args.num_samples)
+        dry_run.plan_generate(model_args, data_args, args, examples, done)
+        return
     precision = resolve_precision(args.precision)
     rank, world = distributed.init()
     output, parts = Path(args.output), Path(f"{args.output}.parts")
@@ -108,6 +116,15 @@ def main(argv: list[str] | None = None) -> None:
         done.update(read_rows(part))
     todo = [e for e in examples if e.id not in done]
     distributed.barrier()  # every rank has read the parts before any rank appends to them
+    tracker = Tracker(
+        args.wandb_project,
+        str(output.parent),
+        {**asdict(model_args), **asdict(data_args), **asdict(args), "world_size": world},
+        args.run_name or output.stem,
+        "generate",
+        args.wandb_group,
+        id_file=Path(f"{output}.wandb_run_id"),
+    )
     if distributed.is_main():
         print(
             f"{len(examples)} examples: {len(examples) - len(todo)} done before, "
@@ -238,6 +255,10 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"wrote {len(examples)} generations to {output} ({len(todo)} generated now)", flush=True
         )
+        tracker.summary({"examples": len(examples), "generated": len(todo)})
+        kind = "predictions" if args.mode == "teacher_forced" else "generations"
+        tracker.log_artifact(kind, output)
+    tracker.finish()
 
 
 if __name__ == "__main__":

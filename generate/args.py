@@ -44,6 +44,17 @@ class GenerateArgs:
     precision: str = field(
         default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32"}
     )
+    wandb_project: str | None = field(
+        default=None, metadata={"help": "log the output file to wandb (an artifact)"}
+    )
+    wandb_group: str | None = field(default=None, metadata={"help": "wandb group"})
+    run_name: str | None = field(
+        default=None, metadata={"help": "wandb run name (default: the output's file name)"}
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "check and print the plan (data, memory, paths); write nothing"},
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in ("free", "teacher_forced"):

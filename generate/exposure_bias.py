@@ -16,23 +16,24 @@ trained token of the response (its EOS is the last). At position j, for each exa
   while the generation has not ended before j).
 
 Writes `<output>/exposure_bias.json` (per position: means over the examples that reach it, the
-gap free - teacher forced and its cumulative sum) and `<output>/exposure_bias.png`.
+gap free - teacher forced and its cumulative sum) and `<output>/exposure_bias.png`. With
+--wandb_project, a wandb run (job type "exposure_bias") gets the plot, the per-position table,
+a line plot of both accuracies and the final cumulative gaps as summary metrics.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from data_tools.atomic import atomic_open, write_json
+from data_tools.atomic import write_json
 from data_tools.collate import pad_right
 from data_tools.tokenization import IGNORE_INDEX, Encoded, encode_examples
 from generate.sampling import eos_ids, generate_batch, longest_first
@@ -41,6 +42,8 @@ from runtime.args import DataArgs, ModelArgs
 from runtime.config import parse_config
 from runtime.ds_config import DTYPES, resolve_precision
 from runtime.modeling import load_model, load_tokenizer
+from runtime.plots import exposure_bias as plot_exposure_bias
+from runtime.tracking import Tracker
 
 
 @dataclass
@@ -52,6 +55,13 @@ class ExposureArgs:
     )
     precision: str = field(
         default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32"}
+    )
+    wandb_project: str | None = field(
+        default=None, metadata={"help": "log the curves to wandb under this project"}
+    )
+    wandb_group: str | None = field(default=None, metadata={"help": "wandb group"})
+    run_name: str | None = field(
+        default=None, metadata={"help": "wandb run name (default: the output folder's name)"}
     )
 
     def __post_init__(self) -> None:
@@ -195,42 +205,31 @@ def aggregate(measured: Sequence[Measured]) -> dict[str, Any]:
     }
 
 
-def _nan(values: Sequence[float | None]) -> list[float]:
-    return [np.nan if v is None else v for v in values]
-
-
-def plot(result: dict[str, Any], path: Path) -> None:
-    """Accuracy and loss per position under both regimes, and the cumulative gaps."""
-    x = result["position"]
-    fig = Figure(figsize=(15, 4.5), layout="tight")
-    axes = fig.subplots(1, 3)
-    for ax, key in zip(axes[:2], ("accuracy", "loss"), strict=True):
-        ax.plot(x, _nan(result["teacher_forced"][key]), label="teacher forced (reference prefix)")
-        ax.plot(x, _nan(result["free_running"][key]), label="free running (own greedy prefix)")
-        ax.set(title=f"Token {key} per response position", xlabel="response position")
-        ax.set(ylabel=f"token {key}" + (" (cross-entropy)" if key == "loss" else ""))
-        ax.legend()
-    # The two gaps differ in scale: one axis each.
-    accuracy_axis, loss_axis = axes[2], axes[2].twinx()
-    lines = accuracy_axis.plot(
-        x, _nan(result["gap"]["cumulative_accuracy"]), color="tab:blue", label="accuracy (left)"
+def track(result: dict[str, Any], plot: Path, tracker: Tracker) -> None:
+    """The plot, the per-position numbers as a table, both accuracies as a wandb line plot, and
+    the cumulative gaps at the last position as summary metrics."""
+    tracker.log_image("exposure_bias/plot", plot)
+    regimes = ("teacher_forced", "free_running")
+    columns = ["position", "count"]
+    columns += [f"{r}_{k}" for r in regimes for k in ("accuracy", "loss")]
+    columns += [f"gap_{k}" for k in result["gap"]]
+    values = [result["position"], result["count"]]
+    values += [result[r][k] for r in regimes for k in ("accuracy", "loss")]
+    values += list(result["gap"].values())
+    tracker.log_table(
+        "exposure_bias/table", columns, [list(row) for row in zip(*values, strict=True)]
     )
-    lines += loss_axis.plot(
-        x, _nan(result["gap"]["cumulative_loss"]), color="tab:red", label="loss (right)"
+    tracker.log_lines(
+        "exposure_bias/accuracy",
+        result["position"],
+        {r: result[r]["accuracy"] for r in regimes},
+        "Token accuracy per response position",
+        "response position",
     )
-    accuracy_axis.axhline(0, color="grey", linewidth=0.8)
-    accuracy_axis.set(
-        title="Cumulative gap, free running - teacher forced",
-        xlabel="response position",
-        ylabel="cumulative accuracy gap",
+    tracker.summary(
+        {f"cumulative_{k}_gap": result["gap"][f"cumulative_{k}"][-1] for k in ("accuracy", "loss")}
+        | {"examples": result["examples"]}
     )
-    loss_axis.set(ylabel="cumulative loss gap (nats)")
-    accuracy_axis.legend(handles=lines)
-    fig.suptitle(
-        f"Exposure bias: {result['model']} on {result['data']} ({result['examples']} examples)"
-    )
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -269,8 +268,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     output = Path(args.output)
     write_json(output / "exposure_bias.json", result)
-    plot(result, output / "exposure_bias.png")
+    plot_exposure_bias(result, output / "exposure_bias.png")
     print(f"wrote {output}/exposure_bias.json and {output}/exposure_bias.png", flush=True)
+    config = {**asdict(model_args), **asdict(data_args), **asdict(args)}
+    with Tracker(
+        args.wandb_project, args.output, config, args.run_name, "exposure_bias", args.wandb_group
+    ) as tracker:
+        track(result, output / "exposure_bias.png", tracker)
     return result
 
 

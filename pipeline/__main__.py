@@ -1,6 +1,6 @@
 """Run the whole comparison into one run folder: data, tokenizer, SFT, the SFT model's own tokens,
 RAC samples, then SFT (continued), BASH, RAC and SCS training from the SFT model, evaluation,
-and a report (table, results.json, plot).
+and a report (table, results.json, plots).
 
     python -m pipeline --config configs/compare_demo.yaml
 
@@ -16,14 +16,16 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from data_tools.atomic import write_json
 from pipeline.args import PipelineArgs
 from pipeline.plan import Stage, build_plan
-from pipeline.report import report
+from pipeline.report import report, track
 from runtime.config import parse_config
 from runtime.distributed import free_port
+from runtime.tracking import Tracker
 
 
 def launch(stage: Stage, nproc: int) -> list[str]:
@@ -74,7 +76,11 @@ def main() -> None:
     base_timings = plan.base_dir / "timings.json"
     if args.base_dir and base_timings.exists():
         timings = {**json.loads(base_timings.read_text()), **timings}
-    report(plan.run_dir, plan.base_dir, plan.evaluations, timings)
+    rows = report(plan.run_dir, plan.base_dir, plan.evaluations, timings)
+    with Tracker(
+        args.wandb_project, str(plan.run_dir), asdict(args), "report", "report", args.group()
+    ) as tracker:
+        track(rows, plan.run_dir, tracker)
 
 
 if __name__ == "__main__":

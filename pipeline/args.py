@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 METHODS = ("sft", "bash", "rac", "scs")
 
@@ -73,6 +74,17 @@ class PipelineArgs:
     rac_variant: str = "whole"
     rac_mix: float = 0.25
     rac_only_wrong: bool = False
+    # wandb: off by default; when set, every stage logs to one group, and the generations are
+    # scored by score stages (job type "score") that log their summaries and samples.
+    wandb_project: str | None = field(
+        default=None, metadata={"help": "log every stage to wandb under this project"}
+    )
+    wandb_group: str | None = field(
+        default=None, metadata={"help": "the stages' wandb group (default: run_dir's name)"}
+    )
+
+    def group(self) -> str:
+        return self.wandb_group or Path(self.run_dir).resolve().name
 
     def method_list(self) -> list[str]:
         methods = [m.strip() for m in self.methods.split(",") if m.strip()]

@@ -67,6 +67,13 @@ def build_plan(args: PipelineArgs) -> Plan:
     n = str(args.method_examples)
     plan = _Builder()
 
+    def tracking(name: str) -> list[str]:
+        """A logging stage's wandb options: the run's project and group, the stage's name."""
+        if not args.wandb_project:
+            return []
+        project, group = args.wandb_project, args.group()
+        return ["--wandb_project", project, "--wandb_group", group, "--run_name", name]
+
     # The task, the tokenizer and the SFT model every method starts from: made here, or reused
     # from base_dir (a finished run) to compare seeds and variants of the methods from one base.
     if not args.base_dir and not args.data_dir:
@@ -115,6 +122,7 @@ def build_plan(args: PipelineArgs) -> Plan:
                 str(splits["validation"]),
                 "--max_eval_examples",
                 "256",
+                *tracking(name),
                 *extra,  # later options win: a method may set its own data or seed
             ],
             out / "export_check.json",
@@ -129,7 +137,8 @@ def build_plan(args: PipelineArgs) -> Plan:
             "generate",
             ["--model_name_or_path", str(model), "--data", str(split), "--task", "math"]
             + ["--output", str(out), "--max_new_tokens", str(args.max_new_tokens)]
-            + ["--max_length", str(args.max_length), "--seed", str(args.seed), *extra],
+            + ["--max_length", str(args.max_length), "--seed", str(args.seed)]
+            + [*tracking(name), *extra],
             out,
             distributed=True,
         )
@@ -239,4 +248,13 @@ def build_plan(args: PipelineArgs) -> Plan:
             "--self_correct",
             "true",
         )
+    if args.wandb_project:  # each evaluation's scores and sample generations, in wandb too
+        for model, path in evaluations.items():
+            stage = f"score_{name}_{model}"
+            plan.add(
+                stage,
+                "generate.score",
+                [str(path), "--task", "math", *tracking(stage)],
+                path.with_suffix(".summary.json"),
+            )
     return Plan(run, base, tuple(plan.stages), evaluations)

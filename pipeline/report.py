@@ -1,5 +1,7 @@
 """The comparison's report: a table (method, exact match, tokens trained, wall time), the same
-as results.json, and a plot of accuracy per method and by number of reasoning steps."""
+as results.json, a plot of accuracy per method and by number of reasoning steps (results.png),
+the methods' learning curves (learning_curves.png), and, with wandb, all of these in a run of
+job type "report"."""
 
 from __future__ import annotations
 
@@ -7,13 +9,10 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from data_tools.atomic import atomic_open, write_json, write_text  # noqa: E402
-from data_tools.scoring import score_file  # noqa: E402
+from data_tools.atomic import write_json, write_text
+from data_tools.scoring import score_file
+from runtime import plots
+from runtime.tracking import Tracker
 
 # The stages whose wall time is each reported model's training cost (the SFT base, which every
 # method starts from, is reported on its own line).
@@ -32,16 +31,19 @@ def _cost_stages(name: str, timings: dict[str, float]) -> list[str]:
     return [s for s in timings if s in COSTS[name]]
 
 
+def _metrics_files(run: Path, base: Path, name: str) -> list[Path]:
+    """The metrics.jsonl of the training that made a reported model (BASH: every round's)."""
+    if name == "sft_base":
+        return [base / "sft_base" / "metrics.jsonl"]
+    if name == "bash":
+        return sorted((run / "bash").glob("round*/metrics.jsonl"))
+    return [run / ("rac" if name == "rac_self_correct" else name) / "metrics.jsonl"]
+
+
 def _training_cost(run: Path, base: Path, name: str) -> tuple[int, int]:
     """Loss tokens and sequences through a forward pass of the model's own training (the SFT
     base, shared by all, is counted apart); BASH's passes include those making its tokens."""
-    if name == "sft_base":
-        files = [base / "sft_base" / "metrics.jsonl"]
-    elif name == "bash":
-        files = sorted((run / "bash").glob("round*/metrics.jsonl"))
-    else:
-        files = [run / ("rac" if name == "rac_self_correct" else name) / "metrics.jsonl"]
-    rows = [json.loads(line) for f in files if f.exists() for line in f.open()]
+    rows = [r for f in _metrics_files(run, base, name) for r in plots.read_metrics(f)]
     passes = sum(r.get("train/forward_sequences", 0) for r in rows)
     if name == "bash":
         passes += sum(1 for f in (run / "bash").glob("round*_predictions.jsonl") for _ in f.open())
@@ -64,6 +66,7 @@ def report(
             {
                 "method": name,
                 "exact_match": scores["summary"]["exact_match"],
+                "exact_match_ci": scores["summary"]["exact_match_ci"],
                 "n": scores["summary"]["n"],
                 "by_steps": {
                     k: sum(v) / len(v) for k, v in sorted(by_steps.items()) if k is not None
@@ -85,26 +88,41 @@ def report(
     ]
     write_text(run / "results.md", "\n".join(table) + "\n")
     print("\n".join(table), flush=True)
-    plot(rows, run / "results.png")
+    plots.accuracy(rows, run / "results.png")
+    plots.learning_curves(
+        method_curves(run, base, [r["method"] for r in rows]),
+        run / "learning_curves.png",
+        f"Learning curves of the methods from the SFT base ({run})",
+    )
     return rows
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.bar([r["method"] for r in rows], [r["exact_match"] for r in rows], color="tab:blue")
-    left.set(title="Exact match per method", ylabel="exact match", ylim=(0, 1))
-    left.tick_params(axis="x", rotation=30)
+def method_curves(run: Path, base: Path, names: list[str]) -> dict[str, list[dict]]:
+    """Each method's metrics rows, BASH's rounds one after the other (the SFT base, which all
+    start from, and RAC's second inference mode have no curve of their own here)."""
+    curves = {}
+    for name in names:
+        if name in ("sft_base", "rac_self_correct"):
+            continue
+        rows: list[dict] = []
+        for f in _metrics_files(run, base, name):
+            offset = rows[-1]["step"] if rows else 0
+            rows += [{**r, "step": r["step"] + offset} for r in plots.read_metrics(f)]
+        curves[name] = rows
+    return curves
+
+
+def track(rows: list[dict], run: Path, tracker: Tracker) -> None:
+    """The report in wandb: each method's exact match (with its interval) and costs as summary
+    metrics and as a table, and the two plots."""
+    flat = []
     for r in rows:
-        steps = [int(k) for k in r["by_steps"]]
-        right.plot(steps, list(r["by_steps"].values()), marker="o", label=r["method"])
-    right.set(
-        title="Exact match by number of reasoning steps",
-        xlabel="reasoning steps",
-        ylabel="exact match",
-        ylim=(0, 1),
-    )
-    right.legend()
-    fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+        low, high = r["exact_match_ci"]
+        by_steps = {f"exact_match_steps_{k}": v for k, v in r["by_steps"].items()}
+        rest = {k: v for k, v in r.items() if k not in ("exact_match_ci", "by_steps")}
+        flat.append(rest | {"exact_match_ci_low": low, "exact_match_ci_high": high} | by_steps)
+    tracker.summary({f"{f['method']}/{k}": v for f in flat for k, v in f.items() if k != "method"})
+    columns = list(dict.fromkeys(k for f in flat for k in f))
+    tracker.log_table("results/table", columns, [[f.get(k) for k in columns] for f in flat])
+    tracker.log_image("results/plot", run / "results.png")
+    tracker.log_image("learning_curves", run / "learning_curves.png")

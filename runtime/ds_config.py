@@ -112,6 +112,19 @@ def fill_ds_config(
     return config
 
 
+def fill_for_run(args, world_size: int, precision: str, hidden_size: int) -> dict[str, Any]:
+    """`fill_ds_config` with a run's own options (train/args.py)."""
+    return fill_ds_config(
+        args.deepspeed_config,
+        micro_batch_size=args.micro_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        world_size=world_size,
+        max_grad_norm=args.max_grad_norm,
+        precision=precision,
+        hidden_size=hidden_size,
+    )
+
+
 def _walk(config: dict, prefix: str = ""):
     for k, v in config.items():
         if isinstance(v, dict):

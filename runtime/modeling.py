@@ -14,6 +14,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from runtime import lora
+
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """A tokenizer with a pad token (EOS stands in when the model has none, as for Llama)."""
@@ -25,6 +27,13 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def load_pretrained(name_or_path: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A causal LM from a hub name or folder: a full model, or a LoRA adapter merged into its base."""
+    if lora.is_adapter(name_or_path):
+        return lora.load_merged(name_or_path, dtype)
+    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, use_safetensors=True)
+
+
 def load_model(
     tokenizer: PreTrainedTokenizerBase,
     name_or_path: str | None = None,
@@ -32,12 +41,13 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
 ) -> PreTrainedModel:
-    """Pretrained weights from `name_or_path` (safetensors only), or a new model initialised
-    from the JSON `config_file` with the tokenizer's vocabulary and special tokens."""
+    """Pretrained weights from `name_or_path` (safetensors only; a LoRA adapter folder loads
+    as its base with the adapter merged in), or a new model initialised from the JSON
+    `config_file` with the tokenizer's vocabulary and special tokens."""
     if (name_or_path is None) == (config_file is None):
         raise ValueError("give exactly one of model_name_or_path and model_config")
     if name_or_path is not None:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, use_safetensors=True)
+        return load_pretrained(name_or_path, dtype)
     values = json.loads(Path(config_file).read_text(encoding="utf-8"))
     values.update(
         vocab_size=len(tokenizer),

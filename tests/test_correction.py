@@ -3,6 +3,7 @@ policy, building the mixed dataset, reading the answer after the marker, and the
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from pathlib import Path
@@ -23,7 +24,7 @@ from data_tools.correction import (
 from data_tools.prompting import CORRECTION_MARKER, final_answer_text
 from data_tools.schema import DataError, Example
 from data_tools.sources import load_examples
-from data_tools.tokenization import IGNORE_INDEX, encode_examples
+from data_tools.tokenization import IGNORE_INDEX, Encoded, check_sample, encode_examples
 
 QUESTION = "Tom has 5 apples. He buys 3 more. How many apples does Tom have now?"
 REFERENCE = "Tom now has 5+3 = <<5+3=8>>8 apples.\n#### 8"
@@ -323,3 +324,19 @@ def test_cli_round_trip(tokenizer: PreTrainedTokenizerBase, tmp_path: Path, caps
         main(
             ["--data", str(data), "--drafts", str(bad), "--tokenizer", "unused", "--out", str(out)]
         )
+
+
+def test_guard_a_correction_sample_with_a_masked_eos_is_refused(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """With pad = EOS, the correction sample still trains its final EOS; the same sample with
+    pads masked by id (the classic collator bug) loses it and is refused, naming the example."""
+    same = copy.deepcopy(tokenizer)
+    same.pad_token = same.eos_token
+    e = example(4)
+    draft = ids(same, "Tom now has 5*3 = <<5*3=15>>15 apples.\n#### 15")
+    built = encode_correction(same, e, draft, 256)
+    assert built.labels[-1] == same.eos_token_id == same.pad_token_id
+    masked = Encoded(e.id, built.input_ids, built.labels[:-1] + [IGNORE_INDEX])
+    with pytest.raises(DataError, match=r"^data\.jsonl:5: .*'ex4': the final EOS"):
+        check_sample(e, masked, same.eos_token_id, len(ids(same, REFERENCE)))

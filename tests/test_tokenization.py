@@ -6,6 +6,8 @@ compared with what `encode_examples` / `encode_prompts` produce for the whole ba
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,7 +16,13 @@ from transformers import PreTrainedTokenizerBase
 from data_tools.collate import pad_left, pad_right
 from data_tools.prompting import format_prompt
 from data_tools.schema import DataError, Example
-from data_tools.tokenization import IGNORE_INDEX, Encoded, encode_examples, encode_prompts
+from data_tools.tokenization import (
+    IGNORE_INDEX,
+    Encoded,
+    check_sample,
+    encode_examples,
+    encode_prompts,
+)
 
 # The task's own characters (digits, annotations, newlines) and arbitrary Unicode, which the
 # tokenizer reaches through byte fallback.
@@ -176,3 +184,38 @@ def test_pad_left() -> None:
     out = pad_left([[5, 6, 7], [8], []], pad_id=0)
     assert out["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]]
     assert out["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
+
+
+def masked_by_pad_id(e: Encoded, pad_id: int) -> Encoded:
+    """What a collator that masks padding by id does to a sample: with pad = EOS, its EOS too."""
+    return Encoded(e.id, e.input_ids, [IGNORE_INDEX if t == pad_id else t for t in e.labels])
+
+
+def test_guard_a_sample_without_a_trained_token_is_refused(tokenizer) -> None:
+    e = Example("q1", "How many?", "#### 12", "math", "train.jsonl:3")
+    built = encode_examples(tokenizer, [e], 64)[0][0]
+    blind = Encoded(e.id, built.input_ids, [IGNORE_INDEX] * len(built.labels))
+    with pytest.raises(
+        DataError, match=r"^train\.jsonl:3: field 'response': .*'q1' has no trained"
+    ):
+        check_sample(e, blind, tokenizer.eos_token_id, 3)
+
+
+def test_guard_a_response_without_tokens_is_refused(tokenizer) -> None:
+    e = Example("q2", "How many?", "#### 12", "math", "train.jsonl:4")
+    eos = tokenizer.eos_token_id
+    only_eos = Encoded(e.id, [tokenizer.bos_token_id, 7, eos], [IGNORE_INDEX, IGNORE_INDEX, eos])
+    with pytest.raises(DataError, match=r"^train\.jsonl:4: .*'q2': no response token is left"):
+        check_sample(e, only_eos, eos, 0)
+
+
+def test_guard_a_masked_eos_is_refused(tokenizer) -> None:
+    """pad = EOS (Llama's usual setting): encoding trains the final EOS; masking pads by id, as
+    a collator might, would not, and is refused."""
+    same = copy.deepcopy(tokenizer)
+    same.pad_token = same.eos_token
+    e = Example("q3", "How many?", "Tom has 12 apples.\n#### 12", "math", "train.jsonl:5")
+    built = encode_examples(same, [e], 64)[0][0]
+    assert built.labels[-1] == built.input_ids[-1] == same.eos_token_id == same.pad_token_id
+    with pytest.raises(DataError, match=r"^train\.jsonl:5: .*'q3': the final EOS \(3\) is not"):
+        check_sample(e, masked_by_pad_id(built, same.pad_token_id), same.eos_token_id, 10)

@@ -23,6 +23,7 @@ split into ranks and micro-batches, so runs with different world sizes follow on
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import signal
 import threading
@@ -41,16 +42,17 @@ from data_tools.atomic import write_jsonl
 from data_tools.collate import pad_right
 from data_tools.correction import encode_correction, read_draft_ids
 from data_tools.interleave import interleave
+from data_tools.packing import pack_batch
 from data_tools.schedules import SamplingSchedule
 from data_tools.schema import DataError
 from data_tools.tokenization import Encoded, encode_examples
-from runtime import distributed
+from runtime import distributed, dry_run, lora, plots
 from runtime.args import DataArgs, ModelArgs
 from runtime.config import parse_config
 from runtime.ds_config import (
     DTYPES,
     ConfigError,
-    fill_ds_config,
+    fill_for_run,
     offloads_optimizer,
     resolve_precision,
     zero_stage,
@@ -73,13 +75,15 @@ def encode(
     data: str | None = None,
     split: str | None = None,
     marker: str | None = None,
+    loss_on: str = "response",
 ) -> list[Encoded]:
-    """Tokenized examples with the loss on the response; with a `marker` (RAC), samples of
-    prompt, the model's draft, the marker and the reference, the loss on the last two."""
+    """Tokenized examples with the loss on the response (or `loss_on` "all"); with a `marker`
+    (RAC), samples of prompt, the model's draft, the marker and the reference, the loss on the
+    last two."""
     examples = data_args.load(data, split)
     if marker is None:
         encoded, report = encode_examples(
-            tokenizer, examples, data_args.max_length, data_args.overlong
+            tokenizer, examples, data_args.max_length, data_args.overlong, loss_on
         )
         summary = report.summary()
     else:
@@ -95,10 +99,11 @@ def encode(
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only, not on gains and biases. Under ZeRO-3 a parameter's
-    true shape is in `ds_shape`; DeepSpeed drops empty groups, so they are left out here too."""
+    """Weight decay on matrices only, not on gains and biases; frozen weights (LoRA's base) are
+    left out. Under ZeRO-3 a parameter's true shape is in `ds_shape`; DeepSpeed drops empty
+    groups, so they are left out here too."""
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in filter(lambda p: p.requires_grad, model.parameters()):
         (decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay).append(p)
     groups = [
         {"params": decay, "weight_decay": weight_decay},
@@ -137,6 +142,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def main() -> None:
     model_args, data_args, args = parse_config((ModelArgs, DataArgs, TrainArgs))
+    if args.dry_run:
+        dry_run.plan_train(model_args, data_args, args, encode)
+        return
     # The handler only sets a flag: a checkpoint is collective, so the ranks act on it together.
     stop = threading.Event()
     signal.signal(signal.SIGUSR1, lambda *_: stop.set())
@@ -144,23 +152,15 @@ def main() -> None:
     output_dir, ckpt_dir = Path(args.output_dir), Path(args.output_dir) / "checkpoints"
     precision = resolve_precision(args.precision)
     # The DeepSpeed config is settled (or refused) before any data or weights are loaded.
-    model_config = AutoConfig.from_pretrained(
-        model_args.model_name_or_path or model_args.model_config
+    model_config = AutoConfig.from_pretrained(  # an adapter's: its base's
+        lora.base_name(model_args.model_name_or_path or model_args.model_config)
     )
-    ds_config = fill_ds_config(
-        args.deepspeed_config,
-        micro_batch_size=args.micro_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        world_size=world,
-        max_grad_norm=args.max_grad_norm,
-        precision=precision,
-        hidden_size=model_config.hidden_size,
-    )
+    ds_config = fill_for_run(args, world, precision, model_config.hidden_size)
 
     # Data: tokenized once per rank, in the same order on every rank.
     tokenizer = load_tokenizer(model_args.tokenizer_path())
     marker = args.correction_marker if args.mode == "rac" else None
-    train_set = encode(tokenizer, data_args, marker=marker)
+    train_set = encode(tokenizer, data_args, marker=marker, loss_on=args.loss_on)
     eval_set = []
     if args.eval_data or args.eval_split:
         eval_set = encode(tokenizer, data_args, args.eval_data, args.eval_split)[
@@ -168,14 +168,7 @@ def main() -> None:
         ]
     schedule, predictions = None, None
     if args.mode in ("bash", "scs"):
-        schedule = SamplingSchedule(
-            args.ss_schedule,
-            args.ss_p_max,
-            args.ss_warmup_steps,
-            args.ss_ramp_steps,
-            args.ss_k,
-            args.ss_decay,
-        )
+        schedule = SamplingSchedule.from_args(args)
     if args.mode == "bash":
         fingerprints = (
             tokenizer_fingerprint(tokenizer),
@@ -200,19 +193,39 @@ def main() -> None:
     )
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if args.lora_rank:
+        if args.lora_export == "adapter" and model_args.model_name_or_path is None:
+            raise ValueError("lora_export adapter needs model_name_or_path: the base it adapts")
+        model = lora.add_lora(
+            model,
+            args.lora_rank,
+            args.lora_alpha,
+            args.lora_dropout,
+            args.lora_target_modules,
+            model_args.model_name_or_path,
+        )
     groups = param_groups(model, args.weight_decay)
     adam = (
         deepspeed.ops.adam.DeepSpeedCPUAdam if offloads_optimizer(ds_config) else torch.optim.AdamW
     )
     optimizer = adam(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
     scheduler = get_scheduler(args.lr_scheduler, optimizer, args.warmup_steps, total_steps)
+    # A checkpoint of another world size is converted first, and loading it needs the config.
+    resume_from = checkpoint.resume_tag(ckpt_dir, world, ds_config) if args.resume else None
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
     if ds_hf is not None:
         unset_hf_deepspeed_config()  # only loading needed it; later loads (export check) are plain
 
-    start_step = checkpoint.resume(engine, ckpt_dir) if args.resume else 0
+    start_step = checkpoint.resume(engine, ckpt_dir, resume_from) if resume_from else 0
+    save = functools.partial(
+        checkpoint.save,
+        engine,
+        ckpt_dir,
+        keep_last=args.keep_last_checkpoints,
+        keep_best=args.keep_best_checkpoint,
+    )
     if distributed.is_main() and args.log_file:
         _truncate_metrics(output_dir / "metrics.jsonl", start_step)
     run_config = {
@@ -223,7 +236,9 @@ def main() -> None:
         "global_batch_size": plan.global_batch_size,
         "total_steps": total_steps,
     }
-    tracker = Tracker(args.wandb_project, args.output_dir, run_config, name=args.run_name)
+    tracker = Tracker(
+        args.wandb_project, args.output_dir, run_config, args.run_name, "train", args.wandb_group
+    )
     if distributed.is_main():
         print(
             f"{len(train_set)} training examples, {plan.steps_per_epoch} steps per epoch, "
@@ -262,10 +277,15 @@ def main() -> None:
                 stats[1] += sum(n for _, n in mixed)
                 stats[2] += len(batch) if args.mode == "scs" else 0
             stats[2] += len(batch)
-            inputs = pad_right(batch, pad_id)
-            out = engine(
+            inputs = (
+                pack_batch(batch, pad_id, args.packing_length or data_args.max_length)
+                if args.packing
+                else pad_right(batch, pad_id)
+            )
+            out = engine(  # no cache: with one, packed rows would attend across examples
                 **{k: v.to(engine.device) for k, v in inputs.items()},
                 num_items_in_batch=trained_tokens,
+                use_cache=False,
             )
             # DeepSpeed averages gradients over ranks and micro-steps; undo both for a token mean.
             engine.backward(out.loss * world * args.gradient_accumulation_steps)
@@ -298,10 +318,10 @@ def main() -> None:
                     f.write(json.dumps({"step": step + 1, **metrics}) + "\n")
         tracker.log(metrics, step=step + 1)
         if args.save_every and (step + 1) % args.save_every == 0:
-            saved_at = checkpoint.save(engine, ckpt_dir, step + 1)
+            saved_at = save(step + 1, metrics.get("eval/loss"))
         if stats[3] > 0 and step + 1 < last_step:  # a rank got SIGUSR1: all stop here
             if saved_at != f"step_{step + 1}":
-                checkpoint.save(engine, ckpt_dir, step + 1)
+                save(step + 1, metrics.get("eval/loss"))
             if distributed.is_main():
                 print(
                     f"SIGUSR1: checkpoint step_{step + 1} saved; exiting with {STOPPED}", flush=True
@@ -310,18 +330,23 @@ def main() -> None:
             raise SystemExit(STOPPED)
 
     if saved_at != f"step_{last_step}" and start_step < last_step:
-        saved_at = checkpoint.save(engine, ckpt_dir, last_step)
+        saved_at = save(last_step, metrics.get("eval/loss"))
     if args.export and last_step == total_steps:
         tag = checkpoint.latest_tag(ckpt_dir)
         checkpoint.export(
-            engine, ckpt_dir, tag, output_dir / "export", tokenizer, DTYPES[precision]
+            engine,
+            ckpt_dir,
+            tag,
+            output_dir / "export",
+            tokenizer,
+            DTYPES[precision],
+            args.lora_export,
         )
         probe = pad_right((eval_set or train_set)[: args.micro_batch_size], pad_id)
-        diff = checkpoint.verify_export(engine, output_dir / "export", probe, precision)
-        if distributed.is_main():
-            print(
-                f"exported to {output_dir / 'export'}; its logits match the engine's (max diff {diff:.2g})"
-            )
+        checkpoint.check_export(engine, output_dir / "export", probe, precision)
+        tracker.log_artifact("model", output_dir / "export", reference=True)
+    if distributed.is_main() and args.log_file:
+        plots.learning_curve(output_dir)
     tracker.finish()
 
 

@@ -70,12 +70,57 @@ class TrainArgs:
     adam_beta2: float = 0.95
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
+    loss_on: str = field(
+        default="response",
+        metadata={
+            "help": "response (the loss on response and EOS) or all (also on the prompt; sft only);"
+            " the eval loss stays on the response"
+        },
+    )
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": "pack each micro-batch's examples into rows (positions restart, no attention"
+            " across examples): less padding, the same loss"
+        },
+    )
+    packing_length: int = field(
+        default=0, metadata={"help": "tokens per packed row; 0: max_length"}
+    )
+    lora_rank: int = field(
+        default=0, metadata={"help": "LoRA rank; 0: train every weight (no LoRA)"}
+    )
+    lora_alpha: float = field(
+        default=16.0, metadata={"help": "LoRA scale numerator (alpha / rank)"}
+    )
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+    lora_target_modules: str = field(
+        default="all-linear",
+        metadata={
+            "help": "all-linear (every attention and MLP projection) or comma-separated module"
+            " names (q_proj,v_proj)"
+        },
+    )
+    lora_export: str = field(
+        default="merged",
+        metadata={
+            "help": "merged (a plain model, the adapter merged in) or adapter (peft's adapter"
+            " alone, naming its base model_name_or_path)"
+        },
+    )
     seed: int = 42
     eval_every: int = field(
         default=0, metadata={"help": "steps between evaluations; 0: only at the end"}
     )
     save_every: int = field(
         default=0, metadata={"help": "steps between checkpoints; 0: only at the end"}
+    )
+    keep_last_checkpoints: int = field(
+        default=2, metadata={"help": "checkpoints kept, the newest; older ones are deleted; 0: all"}
+    )
+    keep_best_checkpoint: bool = field(
+        default=False,
+        metadata={"help": "also keep the checkpoint of lowest eval loss (eval when saving)"},
     )
     resume: bool = field(
         default=True, metadata={"help": "continue from the latest checkpoint in output_dir"}
@@ -86,9 +131,20 @@ class TrainArgs:
     wandb_project: str | None = field(
         default=None, metadata={"help": "log to wandb under this project"}
     )
-    run_name: str | None = None
+    wandb_group: str | None = field(
+        default=None, metadata={"help": "wandb group (the pipeline's: its run folder's name)"}
+    )
+    run_name: str | None = field(
+        default=None, metadata={"help": "wandb run name (default: output_dir's name)"}
+    )
     log_file: bool = field(
         default=True, metadata={"help": "also write per-step metrics to output_dir/metrics.jsonl"}
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={
+            "help": "check and print the plan (config, batches, memory, paths); write nothing"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -98,3 +154,19 @@ class TrainArgs:
             raise ValueError(
                 "mode bash needs predictions: a file from generate --mode teacher_forced"
             )
+        if self.loss_on not in ("response", "all"):
+            raise ValueError(f"loss_on must be response or all, got {self.loss_on!r}")
+        if self.loss_on == "all" and self.mode != "sft":
+            raise ValueError(
+                f"loss_on all is for mode sft only, not {self.mode}: "
+                + (
+                    "RAC never trains on the draft (its mistakes must not be learnt), nor on the prompt"
+                    if self.mode == "rac"
+                    else "BASH/SCS put the model's tokens at the trained positions, which must be "
+                    "the response's (the prompt is never changed)"
+                )
+            )
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0: no LoRA), got {self.lora_rank}")
+        if self.lora_export not in ("merged", "adapter"):
+            raise ValueError(f"lora_export must be merged or adapter, got {self.lora_export!r}")

@@ -1,0 +1,111 @@
+"""LoRA under ZeRO-3 with 2 processes: the adapter trains, the base stays as it was, and the
+merged and adapter exports of one checkpoint are the same model, loaded by peft and by
+`load_model`. The run exports the adapter (and checks it in a fresh process); the merged export
+is written here from the same checkpoint by the function train's export calls."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from data_tools.collate import pad_right
+from data_tools.sources import load_examples
+from data_tools.synthetic_math import Difficulty, write_splits
+from data_tools.tokenization import encode_examples
+from runtime import lora
+from runtime.modeling import load_model
+from tests.launch import run
+from tests.test_train import TINY
+from train.checkpoint import latest_tag
+
+RANK, ALPHA = 4, 8.0
+
+
+def logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(**batch).logits[batch["attention_mask"].bool()]
+
+
+def test_lora_zero3_exports(tmp_path, tokenizer) -> None:
+    write_splits(tmp_path / "data", {"train": 48}, Difficulty(max_steps=2), seed=2)
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    base_dir = tmp_path / "base"
+    load_model(tokenizer, config_file=str(tmp_path / "tiny.json"), seed=1).save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    out = tmp_path / "run"
+    args = [
+        *("--model_name_or_path", str(base_dir), "--data", str(tmp_path / "data/train.jsonl")),
+        *("--output_dir", str(out), "--deepspeed_config", "ds_configs/zero3.json"),
+        *("--max_length", "128", "--micro_batch_size", "4", "--max_steps", "4"),
+        *("--learning_rate", "1e-2", "--lr_scheduler", "constant", "--precision", "fp32"),
+        *("--lora_rank", str(RANK), "--lora_alpha", str(ALPHA)),
+    ]
+    run("train", [*args, "--lora_export", "adapter"], nproc=2)
+    losses = [json.loads(line)["train/loss"] for line in (out / "metrics.jsonl").open()]
+    assert losses[-1] < losses[0]
+    assert (out / "export_check.json").exists()  # the export's logits matched the engine's
+    adapter_dir, merged_dir = out / "export", tmp_path / "merged"
+    # The merged export of the same checkpoint, as train's export writes it (one launch less).
+    ckpt = out / "checkpoints"
+    state_dict = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=latest_tag(ckpt))
+    trained = lora.add_lora(
+        AutoModelForCausalLM.from_pretrained(base_dir),
+        RANK,
+        ALPHA,
+        0.0,
+        "all-linear",
+        str(base_dir),
+    )
+    lora.save_export(trained, state_dict, merged_dir, "merged", torch.float32)
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(base_dir.resolve())
+    assert not (adapter_dir / "model.safetensors").exists()
+    adapter = load_file(adapter_dir / "adapter_model.safetensors")
+    base, merged = (
+        load_file(base_dir / "model.safetensors"),
+        load_file(merged_dir / "model.safetensors"),
+    )
+    assert merged.keys() == base.keys()
+    # Every projection of attention and MLP has an adapter, trained away from its zero init;
+    # the merged weight is the base weight plus (alpha / rank) B A; all else is the base's.
+    adapted = {
+        k.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
+        for k in adapter
+        if "lora_A" in k
+    }
+    assert len(adapted) == TINY["num_hidden_layers"] * 7
+    for name, weight in base.items():
+        if name in adapted:
+            a = adapter["base_model.model." + name.replace(".weight", ".lora_A.weight")]
+            b = adapter["base_model.model." + name.replace(".weight", ".lora_B.weight")]
+            assert b.abs().max() > 0
+            torch.testing.assert_close(merged[name], weight + ALPHA / RANK * b @ a)
+        else:
+            assert torch.equal(merged[name], weight), name
+
+    examples, _ = load_examples(tmp_path / "data/train.jsonl", task="math")
+    batch = pad_right(encode_examples(tokenizer, examples[:4], 128)[0], tokenizer.pad_token_id)
+    batch = {k: v for k, v in batch.items() if k != "labels"}
+    unmerged = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir
+    )
+    reference = logits(unmerged, batch)
+    assert (
+        reference - logits(AutoModelForCausalLM.from_pretrained(base_dir), batch)
+    ).abs().max() > 1e-3
+    for folder in (merged_dir, adapter_dir):
+        torch.testing.assert_close(
+            logits(load_model(tokenizer, str(folder)), batch), reference, rtol=1e-5, atol=1e-5
+        )
+    torch.testing.assert_close(
+        logits(AutoModelForCausalLM.from_pretrained(merged_dir), batch),
+        reference,
+        rtol=1e-5,
+        atol=1e-5,
+    )
