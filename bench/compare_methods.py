@@ -12,6 +12,8 @@ training examples), and what each costs.
    Mean and standard deviation of exact match, overall and by number of reasoning steps, and the
    cost of BASH and SCS against SFT (wall time and sequences through a forward pass) as ratios
    within each seed's run, where the three ran one after another on the same machine.
+4. Exposure bias of each seed-0 model (`generate.exposure_bias`, the first 200 test problems):
+   token accuracy per response position under teacher forcing and free running.
 
 Every run is a `pipeline` run, so a rerun skips what is finished. Prints markdown for
 bench/RESULTS.md and writes <out>/summary.json.
@@ -110,6 +112,39 @@ def tune(out: Path) -> dict[str, tuple[str, list[str]]]:
     return chosen
 
 
+def exposure_bias(out: Path, chosen: dict[str, tuple[str, list[str]]]) -> dict[str, dict]:
+    """Teacher-forced and free-running token accuracy of each seed-0 model, averaged over the
+    response positions that at least half of the examples reach, and their gap."""
+    seed0 = out / "test" / "seed0"
+    exports = {"sft_base": out / "base" / "sft_base" / "export"}
+    for model, folder in (("sft", "sft"), ("bash", "bash/round1"), ("rac", "rac"), ("scs", "scs")):
+        if model in chosen:
+            exports[model] = seed0 / slug(chosen[model][0]) / folder / "export"
+    rows = {}
+    for model, export in exports.items():
+        result_dir = seed0 / "exposure_bias" / model
+        if not (result_dir / "exposure_bias.json").exists():
+            command = ["-m", "generate.exposure_bias", "--model_name_or_path", str(export)]
+            command += ["--data", str(out / "base/data/test.jsonl"), "--task", "math"]
+            command += ["--output", str(result_dir), "--limit", "200"]
+            print(f"$ {' '.join(command[1:])}", flush=True)
+            subprocess.run([sys.executable, *command], cwd=REPO, check=True)
+        r = json.loads((result_dir / "exposure_bias.json").read_text())
+        reached = [i for i, n in enumerate(r["count"]) if n >= r["count"][0] / 2]
+        teacher = statistics.mean(r["teacher_forced"]["accuracy"][i] for i in reached)
+        free = statistics.mean(r["free_running"]["accuracy"][i] for i in reached)
+        rows[model] = {"positions": len(reached), "teacher_forced": teacher, "free_running": free}
+    print("\n| model (seed 0) | positions | token accuracy, teacher forced | free running | gap |")
+    print("|---|---:|---:|---:|---:|")
+    for model, r in rows.items():
+        gap = r["free_running"] - r["teacher_forced"]
+        print(
+            f"| {model} | {r['positions']} | {r['teacher_forced']:.3f} | "
+            f"{r['free_running']:.3f} | {gap:+.3f} |"
+        )
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="bench_runs/compare")
@@ -180,6 +215,7 @@ def main() -> None:
                 for k in ("train_wall_s", "forward_sequences", "trained_tokens")
             ]
             print(f"| {model} | " + " | ".join(f"{x:.2f}" for x in ratios) + " |")
+    summary["exposure_bias"] = exposure_bias(out, chosen)
     write_json(out / "summary.json", summary)
 
 
