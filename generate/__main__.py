@@ -57,6 +57,14 @@ def read_rows(path: Path) -> dict[str, dict[str, Any]]:
     return {row["id"]: row for row in map(json.loads, lines)}
 
 
+def read_parts(parts: Path) -> dict[str, dict[str, Any]]:
+    """The rows of every part file (of earlier, unfinished runs) by id."""
+    rows = {}
+    for part in sorted(parts.glob("*.jsonl")):
+        rows.update(read_rows(part))
+    return rows
+
+
 def open_part(parts: Path, rank: int) -> TextIO:
     """This rank's part file, opened for appending after cutting off any half-written line."""
     parts.mkdir(parents=True, exist_ok=True)
@@ -92,28 +100,22 @@ def with_samples(examples: list[Example], n: int) -> list[Example]:
 
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, args = parse_config((ModelArgs, DataArgs, GenerateArgs), argv)
-    if args.dry_run:
-        done = read_rows(Path(args.output))
-        for part in sorted(Path(f"{args.output}.parts").glob("*.jsonl")):
-            done.update(read_rows(part))
-        examples = with_samples(data_args.load(), args.num_samples)
-        dry_run.plan_generate(model_args, data_args, args, examples, done)
-        return
-    precision = resolve_precision(args.precision)
-    rank, world = distributed.init()
     output, parts = Path(args.output), Path(f"{args.output}.parts")
-
     # What is left to do: every id (load_examples refuses duplicates) not in the output or in a
     # part file of an earlier run.
     examples = with_samples(data_args.load(), args.num_samples)
     done = read_rows(output)
+    if args.dry_run:
+        dry_run.plan_generate(model_args, data_args, args, examples, {**done, **read_parts(parts)})
+        return
+    precision = resolve_precision(args.precision)
+    rank, world = distributed.init()
     if set(done) >= {e.id for e in examples}:
         if distributed.is_main():
             print(f"{output} already holds all {len(examples)} examples", flush=True)
             shutil.rmtree(parts, ignore_errors=True)  # left if a run died just after its merge
         return
-    for part in sorted(parts.glob("*.jsonl")):
-        done.update(read_rows(part))
+    done.update(read_parts(parts))
     todo = [e for e in examples if e.id not in done]
     distributed.barrier()  # every rank has read the parts before any rank appends to them
     tracker = Tracker(
@@ -244,9 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     # Rank 0 merges once every rank has finished its shard.
     distributed.barrier()
     if distributed.is_main():
-        rows = read_rows(output)
-        for part in sorted(parts.glob("*.jsonl")):
-            rows.update(read_rows(part))
+        rows = {**read_rows(output), **read_parts(parts)}
         missing = [e.id for e in examples if e.id not in rows]
         if missing:
             raise RuntimeError(f"{len(missing)} ids have no generation (first: {missing[:5]})")

@@ -119,20 +119,10 @@ def plan_train(
     if args.mode in ("bash", "scs"):
         notes.append(f"p: {schedule.p(0):.3g} at step 0, {schedule.p(total - 1):.3g} at the last")
 
-    add = None
-    if args.lora_rank:
+    def add(model):
+        return lora.from_args(model, args, model_args.model_name_or_path)
 
-        def add(model):
-            return lora.add_lora(
-                model,
-                args.lora_rank,
-                args.lora_alpha,
-                args.lora_dropout,
-                args.lora_target_modules,
-                model_args.model_name_or_path,
-            )
-
-    num_params, trainable = count_parameters(config, add)
+    num_params, trainable = count_parameters(config, add if args.lora_rank else None)
     offload_param = (ds_config["zero_optimization"].get("offload_param") or {}).get("device")
     memory = model_states(
         num_params,

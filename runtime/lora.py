@@ -51,6 +51,16 @@ def add_lora(
     return get_peft_model(model, config)
 
 
+def from_args(model: PreTrainedModel, args, base: str | None) -> PeftModel:
+    """`model` with the adapters a run's `lora_*` options (train/args.py) describe; `base` as in
+    `add_lora`. An adapter-only export must name its base, so it needs a pretrained one."""
+    if args.lora_export == "adapter" and base is None:
+        raise ValueError("lora_export adapter needs model_name_or_path: the base it adapts")
+    return add_lora(
+        model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_target_modules, base
+    )
+
+
 def is_adapter(name_or_path: str) -> bool:
     return (Path(name_or_path) / ADAPTER_CONFIG).is_file()
 

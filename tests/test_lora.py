@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
+from transformers.integrations import HfDeepSpeedConfig
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from data_tools.collate import pad_right
 from data_tools.sources import load_examples
@@ -21,6 +24,7 @@ from runtime import lora
 from runtime.modeling import load_model
 from tests.launch import run
 from tests.test_train import TINY
+from train.args import TrainArgs
 from train.checkpoint import latest_tag
 
 RANK, ALPHA = 4, 8.0
@@ -109,3 +113,35 @@ def test_lora_zero3_exports(tmp_path, tokenizer) -> None:
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"lora_rank": -1}, "lora_rank must be >= 0"),
+        ({"lora_rank": 4, "lora_export": "both"}, "lora_export must be merged or adapter"),
+    ],
+)
+def test_bad_lora_options_are_refused(options, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainArgs(output_dir="out", **options)
+
+
+def test_an_adapter_export_needs_a_pretrained_base(tmp_path, tokenizer) -> None:
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    model = load_model(tokenizer, config_file=str(tmp_path / "tiny.json"))
+    args = TrainArgs(output_dir="out", lora_rank=4, lora_export="adapter")
+    with pytest.raises(ValueError, match="lora_export adapter needs model_name_or_path"):
+        lora.from_args(model, args, base=None)
+
+
+def test_an_adapter_is_not_merged_into_zero3_partitions(tmp_path) -> None:
+    (tmp_path / lora.ADAPTER_CONFIG).write_text("{}")
+    # transformers keeps this by weak reference: it says "ZeRO-3" while the name holds it
+    ds_config = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}})
+    try:
+        with pytest.raises(ValueError, match="cannot be merged into ZeRO-3 partitioned weights"):
+            lora.load_merged(str(tmp_path), torch.float32)
+    finally:
+        unset_hf_deepspeed_config()
+        del ds_config

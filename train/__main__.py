@@ -194,16 +194,7 @@ def main() -> None:
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if args.lora_rank:
-        if args.lora_export == "adapter" and model_args.model_name_or_path is None:
-            raise ValueError("lora_export adapter needs model_name_or_path: the base it adapts")
-        model = lora.add_lora(
-            model,
-            args.lora_rank,
-            args.lora_alpha,
-            args.lora_dropout,
-            args.lora_target_modules,
-            model_args.model_name_or_path,
-        )
+        model = lora.from_args(model, args, model_args.model_name_or_path)
     groups = param_groups(model, args.weight_decay)
     adam = (
         deepspeed.ops.adam.DeepSpeedCPUAdam if offloads_optimizer(ds_config) else torch.optim.AdamW
