@@ -2,7 +2,7 @@
 SFT model on the synthetic math task, under the same budget (steps x batch, on the same
 training examples), and what each costs.
 
-    python -m bench.compare_methods [--out bench_runs/compare] [--seeds 0,1,2]
+    python -m bench.compare_methods [--output_dir bench_runs/compare] [--seeds 0,1,2]
 
 1. The base: data, tokenizer and the SFT model every method starts from (`pipeline`).
 2. Tuning on the validation split (seed 0): BASH's p and schedule, RAC's cut variant and mix.
@@ -16,19 +16,20 @@ training examples), and what each costs.
    token accuracy per response position under teacher forcing and free running.
 
 Every run is a `pipeline` run, so a rerun skips what is finished. Prints markdown for
-bench/RESULTS.md and writes <out>/summary.json.
+bench/RESULTS.md and writes <output_dir>/summary.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_tools.atomic import write_json
+from data_tools.config import parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/compare_demo.yaml"
@@ -89,7 +90,7 @@ def tune(out: Path) -> dict[str, tuple[str, list[str]]]:
             str(out / "base"),
             "--methods",
             method,
-            "--eval_split",
+            "--report_split",
             "validation",
             *options,
         )
@@ -126,7 +127,7 @@ def exposure_bias(out: Path, chosen: dict[str, tuple[str, list[str]]]) -> dict[s
         if not (result_dir / "exposure_bias.json").exists():
             command = ["-m", "generate.exposure_bias", "--model_name_or_path", str(export)]
             command += ["--data", str(out / "base/data/test.jsonl"), "--task", "math"]
-            command += ["--output", str(result_dir), "--limit", "200"]
+            command += ["--output_dir", str(result_dir), "--limit", "200"]
             print(f"$ {' '.join(command[1:])}", flush=True)
             subprocess.run([sys.executable, *command], cwd=REPO, check=True)
         r = json.loads((result_dir / "exposure_bias.json").read_text())
@@ -145,14 +146,27 @@ def exposure_bias(out: Path, chosen: dict[str, tuple[str, list[str]]]) -> dict[s
     return rows
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", default="bench_runs/compare")
-    p.add_argument("--seeds", default="0,1,2")
-    args = p.parse_args()
-    out, seeds = Path(args.out), [int(s) for s in args.seeds.split(",")]
+@dataclass
+class CompareArgs:
+    output_dir: str = field(
+        default="bench_runs/compare", metadata={"help": "folder of every pipeline run"}
+    )
+    seeds: str = field(default="0,1,2", metadata={"help": "the test runs' seeds, comma-separated"})
 
-    base = pipeline(out / "base", "--methods", "", "--eval_split", "validation")
+    def __post_init__(self) -> None:
+        try:
+            [int(s) for s in self.seeds.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"seeds must be integers separated by commas, got {self.seeds!r}"
+            ) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    (args,) = parse_config((CompareArgs,), argv)
+    out, seeds = Path(args.output_dir), [int(s) for s in args.seeds.split(",")]
+
+    base = pipeline(out / "base", "--methods", "", "--report_split", "validation")
     print(f"SFT base, validation exact match: {base['sft_base']['exact_match']:.3f}")
     chosen = tune(out)
 
@@ -168,7 +182,7 @@ def main() -> None:
                 str(seed),
                 "--methods",
                 method,
-                "--eval_split",
+                "--report_split",
                 "test",
                 *options,
             )

@@ -3,7 +3,7 @@
     python -m bench.generation [--prompts 64] [--batch_size 64] [--max_new_tokens 64]
 
 Both paths run greedy decoding with the KV cache on the same model and prompts in the same run:
-one calls transformers' `model.generate` per prompt, the other `generate.sampling.generate_batch`
+one calls transformers' `model.generate` per prompt, the other `runtime.generation.generate_batch`
 on length-sorted batches, as `python -m generate` does. The model is a new tiny-llama (random
 weights: they make no difference to speed); the tokenizer is trained on the synthetic math task.
 Prints a markdown snippet for bench/RESULTS.md.
@@ -11,21 +11,22 @@ Prints a markdown snippet for bench/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import transformers
 
+from data_tools.config import parse_config
 from data_tools.synthetic_math import Difficulty, make_splits
 from data_tools.tokenization import encode_prompts
 from data_tools.tokenizer_training import train_tokenizer
-from generate.sampling import generate_batch, longest_first
 from runtime import distributed
+from runtime.generation import generate_batch, longest_first
 from runtime.modeling import load_model
 
 
@@ -49,13 +50,23 @@ def timed(fn) -> tuple[list[list[int]], float]:
     return out, time.perf_counter() - start
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--prompts", type=int, default=64)
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--max_new_tokens", type=int, default=64)
-    p.add_argument("--model_config", default="configs/models/tiny-llama.json")
-    args = p.parse_args()
+@dataclass
+class GenerationBenchArgs:
+    prompts: int = field(default=64, metadata={"help": "test prompts, generated for by both paths"})
+    batch_size: int = field(default=64, metadata={"help": "prompts per batch of the batched path"})
+    max_new_tokens: int = 64
+    model_config: str = field(
+        default="configs/models/tiny-llama.json", metadata={"help": "the model (random weights)"}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("prompts", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    (args,) = parse_config((GenerationBenchArgs,), argv)
 
     rows = make_splits({"train": 500, "test": args.prompts}, Difficulty(), seed=0)
     with tempfile.TemporaryDirectory() as tmp:

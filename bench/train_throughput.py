@@ -10,7 +10,6 @@ a slower machine phase hits both. Prints a markdown table for bench/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -18,12 +17,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import get_scheduler
 
 from data_tools.collate import pad_right
+from data_tools.config import parse_config
 from data_tools.sources import load_examples
 from data_tools.synthetic_math import Difficulty, write_splits
 from data_tools.tokenization import encode_examples
@@ -77,13 +78,24 @@ def train_entrypoint(root: Path, steps: int, out: Path, config: str) -> list[flo
     return [json.loads(line)["train/tokens_per_s"] for line in (out / "metrics.jsonl").open()]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass
+class ThroughputArgs:
+    steps: int = field(default=60, metadata={"help": "optimizer steps per run"})
+    rounds: int = field(
+        default=2, metadata={"help": "rounds, each timing the bare loop and every config"}
     )
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--rounds", type=int, default=2)
-    args = p.parse_args()
+
+    def __post_init__(self) -> None:
+        if self.steps <= WARMUP:
+            raise ValueError(
+                f"steps must be more than the {WARMUP} warm-up steps, got {self.steps}"
+            )
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {self.rounds}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    (args,) = parse_config((ThroughputArgs,), argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_splits(root / "data", {"train": MICRO * args.steps}, Difficulty(), seed=SEED)

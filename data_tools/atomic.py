@@ -1,4 +1,6 @@
-"""Atomic writes: a crash leaves either the old file or the complete new one, never half of one."""
+"""Atomic writes: a crash leaves either the old file or the complete new one, never half of one.
+What is written gets the mode an ordinary `open` or `mkdir` would give (the temporary files and
+folders of `tempfile` are private)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,12 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any):
     """Open a temporary file beside `path`; rename it over `path` only if the block succeeds."""
@@ -19,6 +27,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
@@ -51,6 +60,7 @@ def atomic_dir(path: str | os.PathLike):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        tmp.chmod(0o777 & ~_umask())
         yield tmp
         if path.exists():
             shutil.rmtree(path)

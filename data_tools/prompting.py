@@ -9,11 +9,6 @@ from transformers import PreTrainedTokenizerBase
 # and in generation.
 PLAIN_TEMPLATE = "Question: {prompt}\nAnswer:\n"
 
-# RAC's marker between the model's draft and the reference. It ends with a newline, like the plain
-# template, so that the reference after it starts a line exactly as a response does after a
-# prompt. Any marker can be used, as long as training and inference use the same one.
-CORRECTION_MARKER = "\nCorrection:\n"
-
 
 def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
     """The text the model sees before its response."""
@@ -25,11 +20,3 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
 
 def uses_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
     return bool(tokenizer.chat_template)
-
-
-def final_answer_text(text: str, marker: str = CORRECTION_MARKER) -> str:
-    """The answer of a self-correcting generation: the text after the last marker, or all of it
-    when there is none (a direct answer)."""
-    if not marker:
-        raise ValueError("the correction marker must not be empty")
-    return text.rpartition(marker)[2]

@@ -13,7 +13,6 @@ from typing import Any, Protocol
 from rouge_score import rouge_scorer
 
 from data_tools.bootstrap import LEVEL, RESAMPLES, SEED, bootstrap_ci
-from data_tools.prompting import CORRECTION_MARKER, final_answer_text
 from data_tools.schema import DataError
 from data_tools.sources import jsonl_objects
 
@@ -144,10 +143,18 @@ def _read_generations(path: Path, task: str, fields: Sequence[str]) -> list[dict
     return rows
 
 
+def final_answer_text(text: str, marker: str) -> str:
+    """The answer of a self-correcting generation: the text after the last marker, or all of it
+    when there is none (a direct answer)."""
+    if not marker:
+        raise ValueError("the correction marker must not be empty")
+    return text.rpartition(marker)[2]
+
+
 def score_file(
     path: str | Path,
     task: str,
-    marker: str = CORRECTION_MARKER,
+    marker: str | None = None,
     *,
     pick: str = "last",
     judge: Judge | None = None,
@@ -158,7 +165,8 @@ def score_file(
     Returns {"summary": {...}, "examples": [...]}. The summary has `n` and, each with a 95%
     bootstrap interval `<score>_ci`: exact_match (math), rouge1/rouge2/rougeL (summarization),
     win_rate (qa, and summarization when a judge is given). Each example has its id and its own
-    scores. A self-correcting generation is scored on its text after the last `marker`.
+    scores. With a `marker` (RAC's), a self-correcting generation is scored on its text after
+    the last marker.
     """
     if task not in SCORED_TASKS:
         raise ValueError(f"no scorer for task {task!r}; scored tasks are {SCORED_TASKS}")
@@ -168,7 +176,9 @@ def score_file(
         raise ValueError(f"the judge scores {JUDGED_TASKS}; {task!r} is scored by exact match")
     fields = ("id", "generation", "reference") + (("prompt",) if judge is not None else ())
     rows = _read_generations(Path(path), task, fields)
-    answers = [final_answer_text(r["generation"], marker) for r in rows]
+    answers = [
+        final_answer_text(r["generation"], marker) if marker else r["generation"] for r in rows
+    ]
     references = [r["reference"] for r in rows]
     examples: list[dict[str, Any]] = [{"id": r["id"]} for r in rows]
     summary: dict[str, Any] = {"task": task, "n": len(rows)}

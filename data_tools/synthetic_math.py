@@ -5,17 +5,17 @@ step with GSM8K's calculator annotations (`<<a+b=c>>`) and ends with `#### N`. E
 the previous step's result, so an early slip carries to the end: the exposure bias the project
 studies. Generation is deterministic given the seed and the difficulty knobs.
 
-    python -m data_tools.synthetic_math --out runs/demo/data
+    python -m data_tools.synthetic_math --output_dir runs/demo/data [--train 20000] [--max_steps 5]
 """
 
 from __future__ import annotations
 
-import argparse
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from data_tools.atomic import write_json, write_jsonl
+from data_tools.config import parse_config
 
 NAMES = ("Tom", "Ana", "Ravi", "Mia", "Leo", "Zoe", "Sam", "Ivy", "Omar", "Lena")
 ITEMS = ("apples", "coins", "books", "stamps", "shells", "cards", "marbles", "pens")
@@ -33,12 +33,16 @@ class Difficulty:
 
     `max_operand` bounds what is added or subtracted; `*` and `/` always use 2 or 3."""
 
-    min_steps: int = 2
-    max_steps: int = 5
-    max_start: int = 20
-    max_operand: int = 20
-    max_value: int = 99
-    operations: str = "+-*"
+    min_steps: int = field(default=2, metadata={"help": "fewest operations per problem"})
+    max_steps: int = field(default=5, metadata={"help": "most operations per problem"})
+    max_start: int = field(default=20, metadata={"help": "largest starting quantity"})
+    max_operand: int = field(default=20, metadata={"help": "largest number added or subtracted"})
+    max_value: int = field(
+        default=99, metadata={"help": "largest quantity at any step (and largest answer)"}
+    )
+    operations: str = field(
+        default="+-*", metadata={"help": "the operations drawn from, a subset of '+-*/'"}
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps <= self.max_steps:
@@ -138,23 +142,25 @@ def write_splits(out_dir: str | Path, sizes: dict[str, int], d: Difficulty, seed
     write_json(out_dir / "difficulty.json", {"seed": seed, "sizes": sizes, **asdict(d)})
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--out", required=True, help="folder for train/validation/test.jsonl")
-    p.add_argument("--train", type=int, default=20000)
-    p.add_argument("--validation", type=int, default=500)
-    p.add_argument("--test", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    defaults = Difficulty()
-    for name, value in asdict(defaults).items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    args = p.parse_args()
-    d = Difficulty(**{k: getattr(args, k) for k in asdict(defaults)})
+@dataclass
+class SyntheticMathArgs:
+    output_dir: str = field(metadata={"help": "folder for train/validation/test.jsonl"})
+    train: int = field(default=20000, metadata={"help": "problems in the train split"})
+    validation: int = field(default=500, metadata={"help": "problems in the validation split"})
+    test: int = field(default=500, metadata={"help": "problems in the test split"})
+    seed: int = field(default=0, metadata={"help": "seeds the drawing of every problem"})
+
+    def __post_init__(self) -> None:
+        for split in ("train", "validation", "test"):
+            if getattr(self, split) < 0:
+                raise ValueError(f"{split} must be 0 or more problems, got {getattr(self, split)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, d = parse_config((SyntheticMathArgs, Difficulty), argv)
     sizes = {"train": args.train, "validation": args.validation, "test": args.test}
-    write_splits(args.out, sizes, d, args.seed)
-    print(f"wrote {sizes} to {args.out}")
+    write_splits(args.output_dir, sizes, d, args.seed)
+    print(f"wrote {sizes} to {args.output_dir}")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 A training sequence is `prompt tokens + response tokens + EOS`; labels are -100 on the prompt
 (and, after collation, on the padding), so only the response and its EOS are learnt
-(`loss_on="all"` learns the prompt too, as some published recipes do). When the
-sequence is too long, the prompt is cut from the left (after its BOS), since the end of a prompt
-(the question, the generation cue) matters most. What was cut is counted and reported.
+(`loss_on="all"` learns the prompt too, as some published recipes do). When the sequence is
+too long, the prompt's text is cut from the left, the template around it (or the plain
+template's BOS) kept whole (`PromptFrame`), since the end of a question matters most. What was
+cut is counted and reported.
 """
 
 from __future__ import annotations
@@ -50,21 +51,70 @@ class TruncationReport:
         )
 
 
+# Stands for the user's text when the chat template is rendered, to find where the text goes.
+_TEXT = "\x00user text\x00"
+
+
+def _chat_frame_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """The chat template's tokens before the user's text (system turn, user header) and after it
+    (end of turn, generation prompt), the template's special tokens parsed as such."""
+    rendered = format_prompt(tokenizer, _TEXT)
+    before, found, after = rendered.partition(_TEXT)
+    if not found:
+        raise ValueError(
+            "the tokenizer's chat template does not show the user's message as given; "
+            "prompts cannot be tokenized safely with it"
+        )
+    ids = tokenizer([before, after], add_special_tokens=False)["input_ids"]
+    return ids[0], ids[1]
+
+
+@dataclass(frozen=True)
+class PromptFrame:
+    """The tokens a prompt format puts around the user's text: a chat template's system turn
+    and user header before it and its end of turn and generation prompt after it, or the plain
+    template's BOS. A prompt is cut inside the user's text only, so a cut prompt keeps its
+    template whole."""
+
+    before: int
+    after: int
+
+    @property
+    def min_length(self) -> int:
+        """The shortest prompt: the frame and one token of text."""
+        return self.before + self.after + 1
+
+    def cut(self, ids: list[int], keep: int) -> list[int]:
+        """`ids` cut to `keep` tokens by dropping the start of the user's text."""
+        if len(ids) <= keep:
+            return ids
+        if keep < self.min_length:
+            raise ValueError(
+                f"{keep} prompt tokens leave no room for the text: the prompt format takes "
+                f"{self.before + self.after}"
+            )
+        return ids[: self.before] + ids[len(ids) - (keep - self.before) :]
+
+
+def prompt_frame(tokenizer: PreTrainedTokenizerBase) -> PromptFrame:
+    if uses_chat_template(tokenizer):
+        before, after = _chat_frame_ids(tokenizer)
+        return PromptFrame(len(before), len(after))
+    adds_bos = tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+    return PromptFrame(int(adds_bos), 0)
+
+
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
-    texts = [format_prompt(tokenizer, p) for p in prompts]
-    # A chat template writes its own special tokens; a plain prompt gets the tokenizer's BOS, and
-    # text such as "</s>" in it stays text (it must not end the sequence).
-    chat = uses_chat_template(tokenizer)
-    return tokenizer(texts, add_special_tokens=not chat, split_special_tokens=not chat)["input_ids"]
-
-
-def cut_left(ids: list[int], keep: int, bos_id: int | None) -> list[int]:
-    """The last `keep` tokens of `ids`, with a leading BOS kept in front of them."""
-    if len(ids) <= keep:
-        return ids
-    if bos_id is not None and ids and ids[0] == bos_id and keep >= 1:
-        return [bos_id] + ids[len(ids) - keep + 1 :]
-    return ids[len(ids) - keep :]
+    """The tokens the model sees before its response. Text in a prompt stays text: "</s>" or
+    "<|im_end|>" written in a question is not a special token (it must neither end the sequence
+    nor open a turn). A chat template's own special tokens are real ones: the template's parts
+    and the user's text are tokenized apart and joined."""
+    if not uses_chat_template(tokenizer):
+        texts = [format_prompt(tokenizer, p) for p in prompts]
+        return tokenizer(texts, split_special_tokens=True)["input_ids"]
+    before, after = _chat_frame_ids(tokenizer)
+    texts = tokenizer(list(prompts), add_special_tokens=False, split_special_tokens=True)
+    return [before + ids + after for ids in texts["input_ids"]]
 
 
 def _overlong(
@@ -118,7 +168,7 @@ def encode_examples(
     if loss_on not in LOSS_ON:
         raise ValueError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
     report = TruncationReport(examples=len(examples))
-    prompts = prompt_ids(tokenizer, [e.prompt for e in examples])
+    prompts, frame = prompt_ids(tokenizer, [e.prompt for e in examples]), prompt_frame(tokenizer)
     responses = [e.response for e in examples]
     responses = tokenizer(responses, add_special_tokens=False, split_special_tokens=True)[
         "input_ids"
@@ -127,8 +177,7 @@ def encode_examples(
     for example, prompt, response in zip(examples, prompts, responses, strict=True):
         response = response + [tokenizer.eos_token_id]
         room = max_length - len(response)
-        min_prompt = 2 if prompt and prompt[0] == tokenizer.bos_token_id else 1
-        if room < min_prompt:
+        if room < frame.min_length:
             _overlong(
                 example,
                 "error" if overlong == "truncate" else overlong,
@@ -149,7 +198,7 @@ def encode_examples(
                 continue
             report.prompts_cut += 1
             report.prompt_tokens_cut += len(prompt) - room
-            prompt = cut_left(prompt, room, tokenizer.bos_token_id)
+            prompt = frame.cut(prompt, room)
         context = prompt[:1] if loss_on == "all" else prompt
         labels = [IGNORE_INDEX] * len(context) + prompt[len(context) :] + response
         encoded.append(Encoded(example.id, prompt + response, labels))
@@ -162,6 +211,6 @@ def encode_prompts(
 ) -> tuple[list[list[int]], int]:
     """Tokenize prompts for generation, cutting each from the left to `max_prompt_length`.
     Returns the ids and how many prompts were cut."""
-    ids = prompt_ids(tokenizer, prompts)
+    ids, frame = prompt_ids(tokenizer, prompts), prompt_frame(tokenizer)
     cut = sum(len(x) > max_prompt_length for x in ids)
-    return [cut_left(x, max_prompt_length, tokenizer.bos_token_id) for x in ids], cut
+    return [frame.cut(x, max_prompt_length) for x in ids], cut

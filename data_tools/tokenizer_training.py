@@ -3,21 +3,23 @@
 Digits are split into single tokens (as in Llama), so that numbers are spelled digit by digit;
 byte fallback keeps every unseen character encodable.
 
-    python -m data_tools.tokenizer_training --data runs/demo/data/train.jsonl --out runs/demo/tokenizer
+    python -m data_tools.tokenizer_training --data runs/demo/data/train.jsonl \\
+        --output_dir runs/demo/tokenizer [--vocab_size 512]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import sentencepiece as spm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from data_tools.atomic import atomic_dir
+from data_tools.config import parse_config
 
 SPECIAL = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
 
@@ -66,16 +68,23 @@ def _texts(paths: list[str]) -> Iterable[str]:
                 yield from (v for v in json.loads(line).values() if isinstance(v, str))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass
+class TokenizerArgs:
+    data: list[str] = field(metadata={"help": "jsonl files to train on"})
+    output_dir: str = field(metadata={"help": "folder for the tokenizer (AutoTokenizer's files)"})
+    vocab_size: int = field(
+        default=512, metadata={"help": "tokens in the vocabulary (a target, not a hard limit)"}
     )
-    p.add_argument("--data", nargs="+", required=True, help="jsonl files to train on")
-    p.add_argument("--out", required=True)
-    p.add_argument("--vocab-size", type=int, default=512)
-    args = p.parse_args()
-    tokenizer = train_tokenizer(_texts(args.data), args.out, args.vocab_size)
-    print(f"saved a {len(tokenizer)}-token tokenizer to {args.out}")
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 1:
+            raise ValueError(f"vocab_size must be at least 1, got {self.vocab_size}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    (args,) = parse_config((TokenizerArgs,), argv)
+    tokenizer = train_tokenizer(_texts(args.data), args.output_dir, args.vocab_size)
+    print(f"saved a {len(tokenizer)}-token tokenizer to {args.output_dir}")
 
 
 if __name__ == "__main__":

@@ -32,20 +32,22 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tqdm import tqdm
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from data_tools.atomic import write_jsonl
-from data_tools.schema import Example
-from data_tools.tokenization import encode_examples, encode_prompts
+from data_tools.config import parse_config
+from data_tools.schema import DataError, Example
 from generate.args import GenerateArgs
-from generate.sampling import eos_ids, example_seed, generate_batch, longest_first
-from runtime import distributed, dry_run
+from generate.dry_run import plan_generate
+from generate.inputs import Inputs, build_inputs, check_positions
+from methods.correction import self_correct
+from methods.scheduled_sampling import teacher_forced_predictions
+from runtime import distributed
 from runtime.args import DataArgs, ModelArgs
-from runtime.config import parse_config
 from runtime.ds_config import DTYPES, resolve_precision
 from runtime.fingerprint import model_fingerprint, tokenizer_fingerprint
+from runtime.generation import eos_ids, example_seed, generate_batch, longest_first
 from runtime.modeling import load_model, load_tokenizer
-from runtime.self_tokens import teacher_forced_predictions
 from runtime.tracking import Tracker
 
 
@@ -98,6 +100,46 @@ def with_samples(examples: list[Example], n: int) -> list[Example]:
     ]
 
 
+def generate_rows(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    args: GenerateArgs,
+    batch: list[Example],
+    inputs: Inputs,
+    indices: list[int],
+) -> list[dict[str, Any]]:
+    """The output rows of one batch (`indices` into `inputs`): the model's predictions under
+    teacher forcing, or a generation (greedy or sampled; with `self_correct`, RAC's draft,
+    marker and correction)."""
+    seeds = [example_seed(args.seed, e.id) for e in batch] if args.do_sample else None
+    if args.teacher_forced:
+        temperature = args.temperature if args.do_sample else 0.0
+        encoded = [inputs.encoded[i] for i in indices]
+        predictions = teacher_forced_predictions(
+            model, encoded, tokenizer.pad_token_id, temperature, seeds
+        )
+        return [
+            {"id": e.id, "predictions": p, "task": e.task, "meta": e.meta}
+            for e, p in zip(batch, predictions, strict=True)
+        ]
+    prompts = [inputs.prompts[i] for i in indices]
+    sampling = (args.temperature, args.top_p)
+    new = generate_batch(model, tokenizer, prompts, args.max_new_tokens, seeds, *sampling)
+    if args.self_correct:
+        seeds = [example_seed(args.seed, f"{e.id}#correct") for e in batch] if seeds else None
+        new = self_correct(
+            model,
+            tokenizer,
+            prompts,
+            new,
+            args.correction_marker,
+            args.max_new_tokens,
+            seeds,
+            *sampling,
+        )
+    return [to_row(e, ids, tokenizer) for e, ids in zip(batch, new, strict=True)]
+
+
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, args = parse_config((ModelArgs, DataArgs, GenerateArgs), argv)
     output, parts = Path(args.output), Path(f"{args.output}.parts")
@@ -106,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     examples = with_samples(data_args.load(), args.num_samples)
     done = read_rows(output)
     if args.dry_run:
-        dry_run.plan_generate(model_args, data_args, args, examples, {**done, **read_parts(parts)})
+        plan_generate(model_args, data_args, args, examples, {**done, **read_parts(parts)})
         return
     precision = resolve_precision(args.precision)
     rank, world = distributed.init()
@@ -150,40 +192,20 @@ def main(argv: list[str] | None = None) -> None:
             pad_token_id=tokenizer.pad_token_id,
         )
         model.to(distributed.device()).eval()
-        positions = getattr(model.config, "max_position_embeddings", None)
-        if positions and args.max_prompt_length + args.max_new_tokens > positions:
-            raise SystemExit(
-                f"max_prompt_length {args.max_prompt_length} + max_new_tokens {args.max_new_tokens} "
-                f"exceed the model's {positions} positions; lower one of them"
-            )
-
+        check_positions(getattr(model.config, "max_position_embeddings", None), args)
         fingerprints = {
             "model_fingerprint": model_fingerprint(model_args.model_name_or_path),
             "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         }
-        # Every rank tokenizes all that is left and deals the same length-sorted list round-robin,
+        # Every rank builds all that is left and deals the same length-sorted list round-robin,
         # so shards are equally long and, sliced in order, give batches of similar length.
-        if args.mode == "teacher_forced":
-            # Encoded exactly as `train` encodes them: the predictions align with its labels.
-            encoded, report = encode_examples(
-                tokenizer, todo, data_args.max_length, data_args.overlong
+        inputs = build_inputs(tokenizer, todo, data_args, args)
+        if distributed.is_main() and not args.teacher_forced:
+            print(
+                f"{inputs.prompts_cut} prompts cut to max_prompt_length={args.max_prompt_length}",
+                flush=True,
             )
-            if report.skipped_ids:
-                raise SystemExit(
-                    f"teacher_forced: {report.summary()}; every example needs predictions"
-                )
-            lengths = [len(e.input_ids) for e in encoded]
-        else:
-            prompts, n_cut = encode_prompts(
-                tokenizer, [e.prompt for e in todo], args.max_prompt_length
-            )
-            lengths = [len(p) for p in prompts]
-            if distributed.is_main():
-                print(
-                    f"{n_cut} prompts cut to max_prompt_length={args.max_prompt_length}", flush=True
-                )
-        marker = tokenizer(args.correction_marker, add_special_tokens=False)["input_ids"]
-        shard = longest_first(lengths)[rank::world]
+        shard = longest_first(inputs.lengths)[rank::world]
         with (
             open_part(parts, rank) as part,
             tqdm(
@@ -191,53 +213,9 @@ def main(argv: list[str] | None = None) -> None:
             ) as bar,
         ):
             for start in range(0, len(shard), args.batch_size):
-                batch = shard[start : start + args.batch_size]
-                seeds = (
-                    [example_seed(args.seed, todo[i].id) for i in batch] if args.do_sample else None
-                )
-                if args.mode == "teacher_forced":
-                    temperature = args.temperature if args.do_sample else 0.0
-                    predictions = teacher_forced_predictions(
-                        model,
-                        [encoded[i] for i in batch],
-                        tokenizer.pad_token_id,
-                        temperature,
-                        seeds,
-                    )
-                    rows = [
-                        {
-                            "id": todo[i].id,
-                            "predictions": p,
-                            "task": todo[i].task,
-                            "meta": todo[i].meta,
-                        }
-                        for i, p in zip(batch, predictions, strict=True)
-                    ]
-                else:
-                    sample = (args.max_new_tokens, args.temperature, args.top_p)
-                    new = generate_batch(
-                        model, tokenizer, [prompts[i] for i in batch], sample[0], seeds, *sample[1:]
-                    )
-                    if args.self_correct:
-                        # The draft (less its EOS), the marker, then a second generation from there.
-                        drafts = [
-                            d[:-1] if d and d[-1] in eos_ids(model, tokenizer) else d for d in new
-                        ]
-                        second = [
-                            prompts[i] + d + marker for i, d in zip(batch, drafts, strict=True)
-                        ]
-                        seeds = (
-                            [example_seed(args.seed, f"{todo[i].id}#correct") for i in batch]
-                            if seeds
-                            else None
-                        )
-                        fixes = generate_batch(
-                            model, tokenizer, second, sample[0], seeds, *sample[1:]
-                        )
-                        new = [d + marker + f for d, f in zip(drafts, fixes, strict=True)]
-                    rows = [
-                        to_row(todo[i], ids, tokenizer) for i, ids in zip(batch, new, strict=True)
-                    ]
+                indices = shard[start : start + args.batch_size]
+                batch = [todo[i] for i in indices]
+                rows = generate_rows(model, tokenizer, args, batch, inputs, indices)
                 rows = [{**r, **fingerprints} for r in rows]
                 part.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
                 part.flush()
@@ -256,10 +234,13 @@ def main(argv: list[str] | None = None) -> None:
             f"wrote {len(examples)} generations to {output} ({len(todo)} generated now)", flush=True
         )
         tracker.summary({"examples": len(examples), "generated": len(todo)})
-        kind = "predictions" if args.mode == "teacher_forced" else "generations"
+        kind = "predictions" if args.teacher_forced else "generations"
         tracker.log_artifact(kind, output)
     tracker.finish()
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (DataError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from e

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from data_tools.prompting import CORRECTION_MARKER
+from methods.correction import CORRECTION_MARKER
 
 
 @dataclass
@@ -24,11 +24,11 @@ class GenerateArgs:
         default=0,
         metadata={"help": "with the example id, seeds each example's sampling (and a new model)"},
     )
-    mode: str = field(
-        default="free",
+    teacher_forced: bool = field(
+        default=False,
         metadata={
-            "help": "free: generate from the prompt; teacher_forced: the model's token at every "
-            "reference position, from one forward pass over prompt + reference (for BASH)"
+            "help": "instead of generating from the prompt, the model's token at every reference "
+            "position, from one forward pass over prompt + reference (BASH's predictions)"
         },
     )
     num_samples: int = field(
@@ -57,17 +57,15 @@ class GenerateArgs:
     )
 
     def __post_init__(self) -> None:
-        if self.mode not in ("free", "teacher_forced"):
-            raise ValueError(f"mode must be free or teacher_forced, got {self.mode!r}")
         if self.num_samples < 1 or (self.num_samples > 1 and not self.do_sample):
             raise ValueError(
                 f"num_samples={self.num_samples} needs do_sample (greedy samples are all alike)"
             )
-        if self.mode == "teacher_forced" and (self.self_correct or self.num_samples > 1):
+        if self.teacher_forced and (self.self_correct or self.num_samples > 1):
             raise ValueError(
-                "teacher_forced mode makes one prediction per position: no self_correct or num_samples"
+                "teacher_forced makes one prediction per position: no self_correct or num_samples"
             )
-        if self.mode == "teacher_forced" and self.top_p != 1.0:
+        if self.teacher_forced and self.top_p != 1.0:
             raise ValueError("teacher_forced sampling uses temperature only; leave top_p at 1.0")
         for name in ("batch_size", "max_prompt_length", "max_new_tokens"):
             if getattr(self, name) < 1:

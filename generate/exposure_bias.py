@@ -2,8 +2,9 @@
 the reference's own prefix (teacher forcing, as in training) and from its own prefix (free
 running, as in generation), and how the gap between the two accumulates over positions.
 
-    python -m generate.exposure_bias --model_name_or_path runs/sft/export \
-        --data runs/demo/data/test.jsonl --task math --output runs/sft/exposure_bias [--limit 200]
+    python -m generate.exposure_bias --model_name_or_path runs/sft/export \\
+        --data runs/demo/data/test.jsonl --task math --output_dir runs/sft/exposure_bias \\
+        [--limit 200]
 
 Examples are tokenized as `train` tokenizes them (`encode_examples`), so position j is the j-th
 trained token of the response (its EOS is the last). At position j, for each example:
@@ -15,8 +16,8 @@ trained token of the response (its EOS is the last). At position j, for each exa
   token j after the prompt and generated tokens 0..j-1, from one forward pass over them (defined
   while the generation has not ended before j).
 
-Writes `<output>/exposure_bias.json` (per position: means over the examples that reach it, the
-gap free - teacher forced and its cumulative sum) and `<output>/exposure_bias.png`. With
+Writes `<output_dir>/exposure_bias.json` (per position: means over the examples that reach it, the
+gap free - teacher forced and its cumulative sum) and `<output_dir>/exposure_bias.png`. With
 --wandb_project, a wandb run (job type "exposure_bias") gets the plot, the per-position table,
 a line plot of both accuracies and the final cumulative gaps as summary metrics.
 """
@@ -35,12 +36,13 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from data_tools.atomic import write_json
 from data_tools.collate import pad_right
+from data_tools.config import parse_config
 from data_tools.tokenization import IGNORE_INDEX, Encoded, encode_examples
-from generate.sampling import eos_ids, generate_batch, longest_first
+from generate.args import GenerateArgs
 from runtime import distributed
 from runtime.args import DataArgs, ModelArgs
-from runtime.config import parse_config
 from runtime.ds_config import DTYPES, resolve_precision
+from runtime.generation import eos_ids, generate_batch, longest_first
 from runtime.modeling import load_model, load_tokenizer
 from runtime.plots import exposure_bias as plot_exposure_bias
 from runtime.tracking import Tracker
@@ -48,8 +50,12 @@ from runtime.tracking import Tracker
 
 @dataclass
 class ExposureArgs:
-    output: str = field(metadata={"help": "folder for exposure_bias.json and exposure_bias.png"})
-    batch_size: int = field(default=16, metadata={"help": "examples per forward pass"})
+    output_dir: str = field(
+        metadata={"help": "folder for exposure_bias.json and exposure_bias.png"}
+    )
+    batch_size: int = field(
+        default=GenerateArgs.batch_size, metadata={"help": "examples per forward pass"}
+    )
     max_positions: int | None = field(
         default=None, metadata={"help": "measure only the first N response positions"}
     )
@@ -173,6 +179,10 @@ def _column_means(table: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, np.nansum(table, 0) / np.maximum(counts, 1), np.nan)
 
 
+def _first_false(flags: Sequence[bool]) -> int:
+    return next((j for j, ok in enumerate(flags) if not ok), len(flags))
+
+
 def aggregate(measured: Sequence[Measured]) -> dict[str, Any]:
     """Per position: means over the examples that reach it, the gap (free - teacher forced) and
     its cumulative sum. The loss gap pairs each example's two losses, over the examples whose
@@ -195,6 +205,11 @@ def aggregate(measured: Sequence[Measured]) -> dict[str, Any]:
             "accuracy": _listed(_column_means(free_acc)),
             "loss": _listed(_column_means(free_loss)),
             "loss_count": (~np.isnan(free_loss)).sum(0).tolist(),
+            # Where each generation first leaves the reference: the accuracies after it say how
+            # the model words its answer, not whether it errs.
+            "first_divergence_mean": float(
+                np.mean([_first_false(m.free_correct) for m in measured])
+            ),
         },
         "gap": {
             "accuracy": _listed(acc_gap),
@@ -266,13 +281,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "examples": len(measured),
         **aggregate(measured),
     }
-    output = Path(args.output)
+    output = Path(args.output_dir)
     write_json(output / "exposure_bias.json", result)
+    print(
+        "note: free-running accuracy is aligned by position: after its first token that differs "
+        f"from the reference (position {result['free_running']['first_divergence_mean']:.1f} on average here) a generation "
+        "that words its answer its own way scores about 0 even when it is right; the loss curves "
+        "(the reference's next token under the model's own prefix) need no alignment",
+        flush=True,
+    )
     plot_exposure_bias(result, output / "exposure_bias.png")
     print(f"wrote {output}/exposure_bias.json and {output}/exposure_bias.png", flush=True)
     config = {**asdict(model_args), **asdict(data_args), **asdict(args)}
     with Tracker(
-        args.wandb_project, args.output, config, args.run_name, "exposure_bias", args.wandb_group
+        args.wandb_project,
+        args.output_dir,
+        config,
+        args.run_name,
+        "exposure_bias",
+        args.wandb_group,
     ) as tracker:
         track(result, output / "exposure_bias.png", tracker)
     return result

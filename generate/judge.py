@@ -24,9 +24,9 @@ from transformers import PreTrainedTokenizerBase
 from data_tools.prompting import format_prompt, uses_chat_template
 from data_tools.schema import DataError
 from data_tools.tokenization import prompt_ids
-from generate.sampling import longest_first
 from runtime import distributed
 from runtime.ds_config import DTYPES, resolve_precision
+from runtime.generation import longest_first
 from runtime.modeling import load_model, load_tokenizer
 
 # Small enough for a CPU; any local folder or hub name of a causal LM can replace it.

@@ -1,12 +1,14 @@
 """Score a generation file and save the summary and the per-example results.
 
-    python -m generate.score runs/demo/generations.jsonl --task math [--out summary.json]
-    python -m generate.score tldr.jsonl --task summarization --judge [MODEL]
+    python -m generate.score --generations runs/demo/generations.jsonl --task math \\
+        [--output summary.json]
+    python -m generate.score --generations tldr.jsonl --task summarization --judge MODEL
 
-Without --out the summary goes beside the generations (`<name>.summary.json`); the per-example
-results go beside the summary (`<summary name>.examples.jsonl`). Every score comes with a 95%
-bootstrap interval. `--judge` adds a pairwise win rate against the reference, judged by a local
-causal LM (qa needs it); see generate/judge.py and docs/evaluation.md.
+Without --output the summary goes beside the generations (`<name>.summary.json`); the
+per-example results go beside the summary (`<summary name>.examples.jsonl`). Every score comes
+with a 95% bootstrap interval. `--judge MODEL` (a local folder or a hub name; --help names the
+suggested one, `generate.judge.DEFAULT_JUDGE`) adds a pairwise win rate against the reference,
+judged by that local causal LM (qa needs it); see generate/judge.py and docs/evaluation.md.
 
 With --wandb_project, a wandb run (job type "score") gets the scores and their intervals as
 summary metrics, a table of the first --wandb_samples examples (prompt, reference, generation,
@@ -15,17 +17,19 @@ their scores) and the generations, summary and per-example results as an artifac
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from data_tools.atomic import write_json, write_jsonl
+from data_tools.config import parse_config
 from data_tools.scoring import JUDGED_TASKS, PICKS, ROUGE_TYPES, SCORED_TASKS, score_file
 from data_tools.sources import jsonl_objects
 from generate.judge import DEFAULT_JUDGE, DEFAULT_PROMPT, PairwiseJudge
+from methods.correction import CORRECTION_MARKER
 from runtime.tracking import Tracker
 
 
@@ -78,54 +82,75 @@ def sample_table(
     return columns, table
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass
+class ScoreArgs:
+    generations: str = field(metadata={"help": 'jsonl with "id", "generation", "reference"'})
+    task: str = field(metadata={"help": ", ".join(SCORED_TASKS)})
+    output: str | None = field(
+        default=None, metadata={"help": "summary json (default: beside the generations)"}
     )
-    p.add_argument("generations", type=Path, help='jsonl with "id", "generation", "reference"')
-    p.add_argument("--task", required=True, choices=SCORED_TASKS)
-    p.add_argument("--out", type=Path, help="summary json (default: beside the generations)")
-    p.add_argument(
-        "--pick",
-        choices=PICKS,
+    pick: str = field(
         default="last",
-        help="math: which answer counts when a generation gives several",
+        metadata={
+            "help": "math: which answer counts when a generation gives several: " + ", ".join(PICKS)
+        },
     )
-    p.add_argument(
-        "--judge",
-        nargs="?",
-        const=DEFAULT_JUDGE,
-        metavar="MODEL",
-        help=f"judge against the reference with this local causal LM (alone: {DEFAULT_JUDGE})",
+    correction_marker: str = field(
+        default=CORRECTION_MARKER,
+        metadata={
+            "help": "a self-correcting generation is scored on its text after the last marker"
+        },
     )
-    p.add_argument("--judge_prompt", type=Path, default=DEFAULT_PROMPT, help="prompt template")
-    p.add_argument(
-        "--judge_margin",
-        type=float,
-        default=0.0,
-        help='a tie when |logit("1") - logit("2")| is at most this',
+    judge: str | None = field(
+        default=None,
+        metadata={
+            "help": "judge against the reference with this local causal LM (a folder or a hub "
+            f"name), e.g. {DEFAULT_JUDGE}; qa needs one"
+        },
     )
-    p.add_argument("--judge_batch_size", type=int, default=8)
-    p.add_argument("--wandb_project", help="log the scores, samples and files to wandb")
-    p.add_argument("--wandb_group", help="wandb group (a pipeline's)")
-    p.add_argument("--run_name", help="wandb run name (default: the summary's file name)")
-    p.add_argument("--wandb_samples", type=int, default=50, help="examples in the sample table")
-    args = p.parse_args(argv)
-    if args.judge and args.task not in JUDGED_TASKS:
-        p.error(f"--judge scores {', '.join(JUDGED_TASKS)}; {args.task} is scored by exact match")
-    if args.task == "qa" and not args.judge:
-        p.error("qa is scored by a judge only: give --judge [MODEL]")
-    out = args.out or args.generations.with_suffix(".summary.json")
+    judge_prompt: str = field(default=str(DEFAULT_PROMPT), metadata={"help": "prompt template"})
+    judge_margin: float = field(
+        default=0.0, metadata={"help": 'a tie when |logit("1") - logit("2")| is at most this'}
+    )
+    judge_batch_size: int = 8
+    wandb_project: str | None = field(
+        default=None, metadata={"help": "log the scores, samples and files to wandb"}
+    )
+    wandb_group: str | None = field(default=None, metadata={"help": "wandb group (a pipeline's)"})
+    run_name: str | None = field(
+        default=None, metadata={"help": "wandb run name (default: the summary's file name)"}
+    )
+    wandb_samples: int = field(default=50, metadata={"help": "examples in the sample table"})
+
+    def __post_init__(self) -> None:
+        if self.task not in SCORED_TASKS:
+            raise ValueError(f"task must be one of {', '.join(SCORED_TASKS)}, got {self.task!r}")
+        if self.pick not in PICKS:
+            raise ValueError(f"pick must be one of {', '.join(PICKS)}, got {self.pick!r}")
+        if self.judge and self.task not in JUDGED_TASKS:
+            raise ValueError(
+                f"judge scores {', '.join(JUDGED_TASKS)}; {self.task} is scored by exact match"
+            )
+        if self.task == "qa" and not self.judge:
+            raise ValueError(
+                f"qa is scored by a judge only: give --judge MODEL (e.g. {DEFAULT_JUDGE})"
+            )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    (args,) = parse_config((ScoreArgs,), None if argv is None else list(argv))
+    generations = Path(args.generations)
+    out = Path(args.output) if args.output else generations.with_suffix(".summary.json")
     judge = None
     if args.judge:
         judge = PairwiseJudge(
             args.judge, args.judge_prompt, args.judge_margin, args.judge_batch_size
         )
-    scores = score_file(args.generations, args.task, pick=args.pick, judge=judge)
+    scores = score_file(generations, args.task, args.correction_marker, pick=args.pick, judge=judge)
     write_json(out, scores["summary"])
     write_jsonl(out.with_suffix(".examples.jsonl"), scores["examples"])
     print(format_summary(scores["summary"]))
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    config = asdict(args)
     name = args.run_name or out.name.removesuffix(".json")
     with Tracker(
         args.wandb_project,
@@ -138,11 +163,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ) as tracker:
         tracker.summary(summary_metrics(scores["summary"]))
         tracker.log_table(
-            "samples", *sample_table(args.generations, scores["examples"], args.wandb_samples)
+            "samples", *sample_table(generations, scores["examples"], args.wandb_samples)
         )
-        tracker.log_artifact(
-            "generations", args.generations, out, out.with_suffix(".examples.jsonl")
-        )
+        tracker.log_artifact("generations", generations, out, out.with_suffix(".examples.jsonl"))
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from data_tools.atomic import write_json
+from data_tools.config import parse_config
 from pipeline.args import PipelineArgs
 from pipeline.plan import Stage, build_plan
 from pipeline.report import report, track
-from runtime.config import parse_config
 from runtime.distributed import free_port
 from runtime.tracking import Tracker
 

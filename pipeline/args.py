@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-METHODS = ("sft", "bash", "rac", "scs")
+from data_tools.holdout import HoldoutArgs
+from generate.args import GenerateArgs
+from methods.scheduled_sampling import SamplingSchedule
+from runtime.args import DataArgs
+from train.args import TrainArgs
 
 
 @dataclass
@@ -14,7 +18,7 @@ class PipelineArgs:
     nproc: int = field(
         default=2, metadata={"help": "processes per deepspeed stage (GPUs, or CPU processes)"}
     )
-    seed: int = 0
+    seed: int = field(default=TrainArgs.seed, metadata={"help": "the task's, and every stage's"})
     base_dir: str | None = field(
         default=None,
         metadata={
@@ -23,18 +27,29 @@ class PipelineArgs:
         },
     )
     # The task: a folder with train/validation/test.jsonl, or (when empty) the synthetic task.
-    data_dir: str | None = None
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "a folder with train.jsonl and test.jsonl (and validation.jsonl; without it, "
+            "validation_size training rows are held out); default: the synthetic task"
+        },
+    )
+    validation_size: int = HoldoutArgs.validation_size
     synthetic_sizes: str = field(default="train=20000,validation=500,test=500")
-    max_length: int = 256
-    max_new_tokens: int = 160
-    eval_split: str = field(
-        default="test", metadata={"help": "test (once, for results) or validation (tuning)"}
+    # Options of the stages, forwarded to them; their defaults are the stages' own.
+    max_length: int = DataArgs.max_length
+    max_new_tokens: int = GenerateArgs.max_new_tokens
+    report_split: str = field(
+        default="test",
+        metadata={
+            "help": "the split every model is evaluated on: test (once, for results) or validation (tuning)"
+        },
     )
     # The model: a pretrained one, or a new one from a config with a tokenizer trained on the data.
     model_name_or_path: str | None = None
-    model_config: str = "configs/models/tiny-llama.json"
-    deepspeed_config: str = "ds_configs/zero2.json"
-    micro_batch_size: int = 16
+    model_config: str | None = None
+    deepspeed_config: str = TrainArgs.deepspeed_config
+    micro_batch_size: int = TrainArgs.micro_batch_size
     sft_steps: int = field(
         default=500, metadata={"help": "steps of the SFT model the methods start from"}
     )
@@ -54,10 +69,10 @@ class PipelineArgs:
         default="sft,bash,rac,scs", metadata={"help": "sft here means SFT continued"}
     )
     # BASH and SCS
-    ss_schedule: str = "constant"
-    ss_p_max: float = 0.25
-    ss_warmup_steps: int = 0
-    ss_ramp_steps: int = 100
+    ss_schedule: str = SamplingSchedule.kind
+    ss_p_max: float = SamplingSchedule.p_max
+    ss_warmup_steps: int = SamplingSchedule.warmup_steps
+    ss_ramp_steps: int = SamplingSchedule.ramp_steps
     bash_rounds: int = field(default=1, metadata={"help": "regenerate the predictions every round"})
     bash_temperature: float = field(
         default=0.0,
@@ -87,8 +102,4 @@ class PipelineArgs:
         return self.wandb_group or Path(self.run_dir).resolve().name
 
     def method_list(self) -> list[str]:
-        methods = [m.strip() for m in self.methods.split(",") if m.strip()]
-        unknown = set(methods) - set(METHODS)
-        if unknown:
-            raise ValueError(f"unknown methods {sorted(unknown)}; known: {METHODS}")
-        return methods
+        return [m.strip() for m in self.methods.split(",") if m.strip()]

@@ -3,10 +3,14 @@
 The plan is data: `pipeline` runs it stage by stage on this machine, a scheduler can submit it
 as dependent jobs. Every path is known before anything runs, so the plan of a half-finished run
 is the same plan: a stage is done when its output exists.
+
+The base stages (task, tokenizer, the SFT model every method starts from) come first, then one
+stage-builder per method (`METHODS`), each returning the model it trained, then the evaluations.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +38,23 @@ class Plan:
     evaluations: dict[str, Path]  # generation file on the evaluation split, by reported model
 
 
-class _Builder:
-    """Collects stages; a stage waits for every earlier stage that made a path in its args."""
+class Builder:
+    """Collects stages; a stage waits for every earlier stage that made a path in its args.
+    Knows the run's paths and how to add a training or a generation stage."""
 
-    def __init__(self) -> None:
+    def __init__(self, args: PipelineArgs) -> None:
+        self.args = args
+        self.run = Path(args.run_dir)
+        self.base = Path(args.base_dir) if args.base_dir else self.run
+        self.data = self.base / "data"  # the task made here (or train/validation held out)
+        given = Path(args.data_dir) if args.data_dir else self.data
+        self.splits = {s: given / f"{s}.jsonl" for s in ("train", "validation", "test")}
+        # A task without a validation split (GSM8K) gets one held out from its training data.
+        self.holdout = bool(args.data_dir) and not self.splits["validation"].exists()
+        if self.holdout:
+            self.splits |= {s: self.data / f"{s}.jsonl" for s in ("train", "validation")}
+        self.tokenizer = args.model_name_or_path or str(self.base / "tokenizer")
+        self.sft = self.base / "sft_base" / "export"
         self.stages: list[Stage] = []
         self.made_by: dict[str, str] = {}
 
@@ -56,73 +73,29 @@ class _Builder:
         for path in (output, *makes):
             self.made_by[str(path)] = name
 
-
-def build_plan(args: PipelineArgs) -> Plan:
-    run = Path(args.run_dir)
-    base = Path(args.base_dir) if args.base_dir else run
-    data = Path(args.data_dir) if args.data_dir else base / "data"
-    splits = {s: data / f"{s}.jsonl" for s in ("train", "validation", "test")}
-    tokenizer = args.model_name_or_path or str(base / "tokenizer")
-    sft = base / "sft_base" / "export"
-    n = str(args.method_examples)
-    plan = _Builder()
-
-    def tracking(name: str) -> list[str]:
+    def tracking(self, name: str) -> list[str]:
         """A logging stage's wandb options: the run's project and group, the stage's name."""
-        if not args.wandb_project:
+        if not self.args.wandb_project:
             return []
-        project, group = args.wandb_project, args.group()
+        project, group = self.args.wandb_project, self.args.group()
         return ["--wandb_project", project, "--wandb_group", group, "--run_name", name]
 
-    # The task, the tokenizer and the SFT model every method starts from: made here, or reused
-    # from base_dir (a finished run) to compare seeds and variants of the methods from one base.
-    if not args.base_dir and not args.data_dir:
-        sizes = dict(kv.split("=") for kv in args.synthetic_sizes.split(","))
-        plan.add(
-            "data",
-            "data_tools.synthetic_math",
-            ["--out", str(data), "--seed", str(args.seed)]
-            + [a for k, v in sizes.items() for a in (f"--{k}", v)],
-            data / "difficulty.json",
-            makes=tuple(splits.values()),
-        )
-    if not args.base_dir and args.model_name_or_path is None:
-        plan.add(
-            "tokenizer",
-            "data_tools.tokenizer_training",
-            ["--data", str(splits["train"]), "--out", tokenizer],
-            Path(tokenizer),
-        )
-
-    def train(name: str, out: Path, model: list[str], steps: int, lr: float, *extra: str) -> Path:
-        plan.add(
+    def train(
+        self, name: str, out: Path, model: list[str], steps: int, lr: float, *extra: str
+    ) -> Path:
+        a = self.args
+        self.add(
             name,
             "train",
             [
                 *model,
-                "--output_dir",
-                str(out),
-                "--max_steps",
-                str(steps),
-                "--learning_rate",
-                str(lr),
-                "--data",
-                str(splits["train"]),
-                "--seed",
-                str(args.seed),
-                "--max_length",
-                str(args.max_length),
-                "--micro_batch_size",
-                str(args.micro_batch_size),
-                "--deepspeed_config",
-                args.deepspeed_config,
-                "--task",
-                "math",
-                "--eval_data",
-                str(splits["validation"]),
-                "--max_eval_examples",
-                "256",
-                *tracking(name),
+                *("--output_dir", str(out), "--max_steps", str(steps)),
+                *("--learning_rate", str(lr), "--data", str(self.splits["train"])),
+                *("--seed", str(a.seed), "--max_length", str(a.max_length)),
+                *("--micro_batch_size", str(a.micro_batch_size)),
+                *("--deepspeed_config", a.deepspeed_config, "--task", "math"),
+                *("--eval_data", str(self.splits["validation"]), "--max_eval_examples", "256"),
+                *self.tracking(name),
                 *extra,  # later options win: a method may set its own data or seed
             ],
             out / "export_check.json",
@@ -131,130 +104,197 @@ def build_plan(args: PipelineArgs) -> Plan:
         )
         return out / "export"
 
-    def generate(name: str, model: Path, split: Path, out: Path, *extra: str) -> Path:
-        plan.add(
+    def generate(self, name: str, model: Path, split: Path, out: Path, *extra: str) -> Path:
+        a = self.args
+        self.add(
             name,
             "generate",
             ["--model_name_or_path", str(model), "--data", str(split), "--task", "math"]
-            + ["--output", str(out), "--max_new_tokens", str(args.max_new_tokens)]
-            + ["--max_length", str(args.max_length), "--seed", str(args.seed)]
-            + [*tracking(name), *extra],
+            + ["--output", str(out), "--max_new_tokens", str(a.max_new_tokens)]
+            + ["--max_length", str(a.max_length), "--seed", str(a.seed)]
+            + [*self.tracking(name), *extra],
             out,
             distributed=True,
         )
         return out
 
-    if not args.base_dir:
-        start = (
-            ["--model_name_or_path", args.model_name_or_path]
-            if args.model_name_or_path
-            else ["--model_config", args.model_config, "--tokenizer", tokenizer]
-        )
-        train(
-            "sft_base",
-            base / "sft_base",
-            start,
-            args.sft_steps,
-            args.sft_learning_rate,
-            *("--warmup_steps", "20"),
-        )
+    def method_train(self, name: str, out: Path, *extra: str) -> Path:
+        """A method's training from the SFT base: the same examples, steps and rate for all."""
+        a = self.args
+        start = ["--model_name_or_path", str(self.sft)]
+        return self.train(name, out, start, a.method_steps, a.method_learning_rate, *extra)
 
-    # Every method: the same first `method_examples` training examples, the same steps.
-    schedule = ["--ss_schedule", args.ss_schedule, "--ss_p_max", str(args.ss_p_max)]
-    schedule += ["--ss_warmup_steps", str(args.ss_warmup_steps)]
-    schedule += ["--ss_ramp_steps", str(args.ss_ramp_steps)]
-    steps, lr = args.method_steps, args.method_learning_rate
-    from_sft = ["--model_name_or_path", str(sft)]
-    models: dict[str, Path] = {}
-    for method in args.method_list():
-        out = run / method
-        if method == "sft":
-            models[method] = train(method, out, from_sft, steps, lr, "--limit", n)
-        elif method == "scs":
-            models[method] = train(
-                method, out, from_sft, steps, lr, "--limit", n, "--mode", "scs", *schedule
-            )
-        elif method == "bash":
-            model, sampling = sft, []
-            if args.bash_temperature > 0:
-                sampling = ["--do_sample", "true", "--temperature", str(args.bash_temperature)]
-            for r in range(1, args.bash_rounds + 1):
-                # Each round's tokens come from the newest model, the one this round trains.
-                predictions = generate(
-                    f"bash_predictions_{r}",
-                    model,
-                    splits["train"],
-                    out / f"round{r}_predictions.jsonl",
-                    *("--mode", "teacher_forced", "--limit", n),
-                    *sampling,
-                )
-                model = train(
-                    f"bash_round{r}",
-                    out / f"round{r}",
-                    ["--model_name_or_path", str(model)],
-                    steps // args.bash_rounds,
-                    lr,
-                    *("--limit", n, "--mode", "bash", "--predictions", str(predictions)),
-                    *schedule,
-                    *("--seed", str(args.seed + r - 1)),  # each round its own order
-                )
-            models[method] = model
-        elif method == "rac":
-            prompts = args.rac_prompts or round(args.method_examples * args.rac_mix)
-            drafts = generate(
-                "rac_drafts",
-                sft,
-                splits["train"],
-                out / "drafts.jsonl",
-                *("--limit", str(min(prompts, args.method_examples))),
-            )
-            samples = out / "train.jsonl"
-            plan.add(
-                "rac_build",
-                "data_tools.correction",
-                ["--data", str(splits["train"]), "--limit", n, "--drafts", str(drafts)]
-                + ["--tokenizer", str(sft), "--out", str(samples)]
-                + ["--variant", args.rac_variant, "--mix", str(args.rac_mix)]
-                + ["--seed", str(args.seed), "--max-length", str(args.max_length)]
-                + (["--only-wrong"] if args.rac_only_wrong else []),
-                samples,
-            )
-            models[method] = train(
-                method,
-                out,
-                from_sft,
-                steps,
-                lr,
-                *("--mode", "rac", "--data", str(samples), "--data_format", "plain"),
-            )
+    def schedule(self) -> list[str]:
+        """BASH's and SCS's scheduled-sampling options."""
+        a = self.args
+        return [
+            *("--ss_schedule", a.ss_schedule, "--ss_p_max", str(a.ss_p_max)),
+            *("--ss_warmup_steps", str(a.ss_warmup_steps)),
+            *("--ss_ramp_steps", str(a.ss_ramp_steps)),
+        ]
 
-    # Evaluation on the chosen split: every model greedy, RAC also drafting then correcting.
-    split, name = splits[args.eval_split], args.eval_split
+
+def base_stages(b: Builder) -> None:
+    """The task, the tokenizer and the SFT model every method starts from: made here, or reused
+    from base_dir (a finished run) to compare seeds and variants of the methods from one base."""
+    a = b.args
+    if not a.base_dir and b.holdout:
+        b.add(
+            "holdout",
+            "data_tools.holdout",
+            ["--data", str(Path(a.data_dir) / "train.jsonl"), "--output_dir", str(b.data)]
+            + ["--validation_size", str(a.validation_size), "--seed", str(a.seed)],
+            b.splits["validation"],
+            makes=(b.splits["train"],),
+        )
+    if not a.base_dir and not a.data_dir:
+        sizes = dict(kv.split("=") for kv in a.synthetic_sizes.split(","))
+        b.add(
+            "data",
+            "data_tools.synthetic_math",
+            ["--output_dir", str(b.data), "--seed", str(a.seed)]
+            + [arg for k, v in sizes.items() for arg in (f"--{k}", v)],
+            b.data / "difficulty.json",
+            makes=tuple(b.splits.values()),
+        )
+    if a.base_dir:
+        return
+    if a.model_name_or_path is None:
+        b.add(
+            "tokenizer",
+            "data_tools.tokenizer_training",
+            ["--data", str(b.splits["train"]), "--output_dir", b.tokenizer],
+            Path(b.tokenizer),
+        )
+        start = ["--model_config", a.model_config, "--tokenizer", b.tokenizer]
+    else:
+        start = ["--model_name_or_path", a.model_name_or_path]
+    b.train(
+        "sft_base",
+        b.base / "sft_base",
+        start,
+        a.sft_steps,
+        a.sft_learning_rate,
+        *("--warmup_steps", "20"),
+    )
+
+
+def sft_stages(b: Builder) -> Path:
+    """SFT continued: the baseline with the methods' budget."""
+    return b.method_train("sft", b.run / "sft", "--limit", str(b.args.method_examples))
+
+
+def scs_stages(b: Builder) -> Path:
+    """Online scheduled sampling: the model's tokens made at every step, no offline stage."""
+    n = str(b.args.method_examples)
+    return b.method_train("scs", b.run / "scs", "--limit", n, "--mode", "scs", *b.schedule())
+
+
+def bash_stages(b: Builder) -> Path:
+    """BASH: per round, the newest model's predictions on the method examples, then training
+    on them for the round's share of the steps."""
+    a, out, n = b.args, b.run / "bash", str(b.args.method_examples)
+    model, sampling = b.sft, []
+    if a.bash_temperature > 0:
+        sampling = ["--do_sample", "true", "--temperature", str(a.bash_temperature)]
+    for r in range(1, a.bash_rounds + 1):
+        predictions = b.generate(
+            f"bash_predictions_{r}",
+            model,
+            b.splits["train"],
+            out / f"round{r}_predictions.jsonl",
+            *("--teacher_forced", "true", "--limit", n),
+            *sampling,
+        )
+        model = b.train(
+            f"bash_round{r}",
+            out / f"round{r}",
+            ["--model_name_or_path", str(model)],
+            a.method_steps // a.bash_rounds,
+            a.method_learning_rate,
+            *("--limit", n, "--mode", "bash", "--predictions", str(predictions)),
+            *b.schedule(),
+            *("--seed", str(a.seed + r - 1)),  # each round its own order
+        )
+    return model
+
+
+def rac_stages(b: Builder) -> Path:
+    """RAC: the SFT model's drafts, the correction samples built from them, training."""
+    a, out, n = b.args, b.run / "rac", str(b.args.method_examples)
+    prompts = a.rac_prompts or round(a.method_examples * a.rac_mix)
+    drafts = b.generate(
+        "rac_drafts",
+        b.sft,
+        b.splits["train"],
+        out / "drafts.jsonl",
+        *("--limit", str(min(prompts, a.method_examples))),
+    )
+    samples = out / "train.jsonl"
+    b.add(
+        "rac_build",
+        "methods.correction",
+        ["--data", str(b.splits["train"]), "--limit", n, "--drafts", str(drafts)]
+        + ["--tokenizer", str(b.sft), "--output", str(samples)]
+        + ["--variant", a.rac_variant, "--mix", str(a.rac_mix)]
+        + ["--seed", str(a.seed), "--max_length", str(a.max_length)]
+        + (["--only_wrong", "true"] if a.rac_only_wrong else []),
+        samples,
+    )
+    return b.method_train(
+        "rac", out, *("--mode", "rac", "--data", str(samples), "--data_format", "plain")
+    )
+
+
+METHODS: dict[str, Callable[[Builder], Path]] = {
+    "sft": sft_stages,
+    "bash": bash_stages,
+    "rac": rac_stages,
+    "scs": scs_stages,
+}
+
+
+def evaluation_stages(b: Builder, models: dict[str, Path]) -> dict[str, Path]:
+    """Every model greedy on the chosen split, RAC also drafting then correcting; with wandb,
+    each evaluation scored into its own run."""
+    split, name = b.splits[b.args.report_split], b.args.report_split
     evaluations = {
-        "sft_base": generate(
-            f"eval_{name}_sft_base", sft, split, base / "eval" / name / "sft_base.jsonl"
+        "sft_base": b.generate(
+            f"eval_{name}_sft_base", b.sft, split, b.base / "eval" / name / "sft_base.jsonl"
         )
     }
     for method, model in models.items():
-        evaluations[method] = generate(
-            f"eval_{name}_{method}", model, split, run / "eval" / name / f"{method}.jsonl"
+        evaluations[method] = b.generate(
+            f"eval_{name}_{method}", model, split, b.run / "eval" / name / f"{method}.jsonl"
         )
     if "rac" in models:
-        evaluations["rac_self_correct"] = generate(
+        evaluations["rac_self_correct"] = b.generate(
             f"eval_{name}_rac_self_correct",
             models["rac"],
             split,
-            run / "eval" / name / "rac_self_correct.jsonl",
-            "--self_correct",
-            "true",
+            b.run / "eval" / name / "rac_self_correct.jsonl",
+            *("--self_correct", "true"),
         )
-    if args.wandb_project:  # each evaluation's scores and sample generations, in wandb too
+    if b.args.wandb_project:
         for model, path in evaluations.items():
             stage = f"score_{name}_{model}"
-            plan.add(
+            b.add(
                 stage,
                 "generate.score",
-                [str(path), "--task", "math", *tracking(stage)],
+                ["--generations", str(path), "--task", "math", *b.tracking(stage)],
                 path.with_suffix(".summary.json"),
             )
-    return Plan(run, base, tuple(plan.stages), evaluations)
+    return evaluations
+
+
+def build_plan(args: PipelineArgs) -> Plan:
+    unknown = set(args.method_list()) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; known: {list(METHODS)}")
+    if args.model_name_or_path is None and args.model_config is None and not args.base_dir:
+        raise ValueError("give model_name_or_path (a pretrained model) or model_config (a new one)")
+    b = Builder(args)
+    base_stages(b)
+    models = {method: METHODS[method](b) for method in args.method_list()}
+    evaluations = evaluation_stages(b, models)
+    return Plan(b.run, b.base, tuple(b.stages), evaluations)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from data_tools.atomic import write_json, write_text
 from data_tools.scoring import score_file
+from methods.correction import CORRECTION_MARKER
 from runtime import plots
 from runtime.tracking import Tracker
 
@@ -55,7 +56,7 @@ def report(
 ) -> list[dict]:
     rows = []
     for name, path in evaluations.items():
-        scores = score_file(path, "math")
+        scores = score_file(path, "math", CORRECTION_MARKER)
         steps = {r["id"]: r["meta"].get("num_steps") for r in map(json.loads, path.open())}
         by_steps: dict[int, list[bool]] = defaultdict(list)
         for e in scores["examples"]:

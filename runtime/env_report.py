@@ -9,11 +9,11 @@ The DeepSpeed op table is `ds_report`'s own (deepspeed.env_report's probes), gat
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import sys
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -26,6 +26,8 @@ from deepspeed.env_report import (
     installed_ops,
     probe_is_compatible,
 )
+
+from data_tools.config import parse_config
 
 PACKAGES = ("torch", "deepspeed", "transformers", "datasets", "peft", "accelerate", "wandb")
 VARIABLES = (
@@ -107,13 +109,15 @@ def as_text(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class EnvReportArgs:
+    json: bool = field(default=False, metadata={"help": "print JSON instead of text"})
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    (args,) = parse_config((EnvReportArgs,), argv)
     r = report()
-    print(json.dumps(r, indent=2) if p.parse_args(argv).json else as_text(r))
+    print(json.dumps(r, indent=2) if args.json else as_text(r))
 
 
 if __name__ == "__main__":

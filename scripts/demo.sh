@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 NPROC=${NPROC:-2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false WANDB_MODE=${WANDB_MODE:-offline}
 
-python -m data_tools.synthetic_math --out runs/demo/data --train 20000 --validation 500 --test 500
-python -m data_tools.tokenizer_training --data runs/demo/data/train.jsonl --out runs/demo/tokenizer
+python -m data_tools.synthetic_math --output_dir runs/demo/data --train 20000 --validation 500 --test 500
+python -m data_tools.tokenizer_training --data runs/demo/data/train.jsonl --output_dir runs/demo/tokenizer
 deepspeed --num_gpus "$NPROC" --module train --config configs/sft_demo.yaml "$@"
 deepspeed --num_gpus "$NPROC" --module generate --config configs/generate_demo.yaml
-python -m generate.score runs/demo/sft/test_generations.jsonl --task math
+python -m generate.score --generations runs/demo/sft/test_generations.jsonl --task math

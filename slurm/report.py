@@ -9,12 +9,13 @@ with the same options. Every stage is done by then, so it only writes the report
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 from data_tools.atomic import write_json
-from pipeline.__main__ import main as pipeline_main
+from data_tools.config import parse_config
 from pipeline.args import PipelineArgs
-from runtime.config import parse_config
 
 
 def main() -> None:
@@ -27,7 +28,8 @@ def main() -> None:
             stage, seconds = line.split()
             timings[stage] = float(seconds)
         write_json(timings_file, timings)
-    pipeline_main()
+    # The pipeline itself, in this process: every stage is done, so it writes the report.
+    os.execv(sys.executable, [sys.executable, "-m", "pipeline", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Submit the pipeline to SLURM: one job per stage that is not done, chained by dependencies.
 
-    python -m slurm.submit_pipeline --config configs/compare_demo.yaml \
-        --nodes 2 --gpus-per-node 8 --sbatch-args="--account=me --time=4:00:00"
+    python -m slurm.submit_pipeline --config configs/compare_demo.yaml \\
+        --nodes 2 --gpus_per_node 8 --sbatch_args="--account=me --time=4:00:00"
 
 Training and generation stages run on N nodes x G GPUs through slurm/train.sbatch and
 slurm/generate.sbatch, the others as one process (slurm/task.sbatch). Each job waits
@@ -16,16 +16,21 @@ the repository root, as the jobs run there. Logs and the job ids: <run_dir>/logs
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
 import subprocess
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
 
 from data_tools.atomic import write_json
+from data_tools.config import parse_config
 from pipeline.args import PipelineArgs
 from pipeline.plan import Stage, build_plan
-from runtime.config import parse_config
 
 
 def sbatch(script: str, args: list[str] | tuple[str, ...], options: list[str], env: dict) -> str:
@@ -53,28 +58,52 @@ def resources(stage: Stage, nodes: int, ranks_per_node: int, gpus: bool) -> list
     return [f"--nodes={nodes}", f"--ntasks-per-node={ranks_per_node}", *gres]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-        epilog="Every other option is the pipeline's (python -m pipeline --help).",
-    )
-    parser.add_argument("--nodes", type=int, default=1, help="nodes per train/generate job")
-    parser.add_argument(
-        "--gpus-per-node",
-        type=int,
+@dataclass
+class SubmitArgs:
+    """The submitter's own options; every other option is the pipeline's (python -m pipeline)."""
+
+    nodes: int = field(default=1, metadata={"help": "nodes per train/generate job"})
+    gpus_per_node: int | None = field(
         default=None,
-        help="ranks per node, one per GPU (default: the pipeline's nproc)",
+        metadata={"help": "ranks per node, one per GPU (default: the pipeline's nproc)"},
     )
-    parser.add_argument("--cpu", action="store_true", help="ranks on CPUs: ask SLURM for no GPUs")
-    parser.add_argument(
-        "--sbatch-args",
+    cpu: bool = field(default=False, metadata={"help": "ranks on CPUs: ask SLURM for no GPUs"})
+    sbatch_args: str = field(
         default="",
-        help='options for every job, as one string: --sbatch-args="--account=A --time=2:00:00"',
+        metadata={
+            "help": "options for every job, as one string: "
+            '--sbatch_args="--account=A --time=2:00:00"'
+        },
     )
-    own, rest = parser.parse_known_args(argv)
-    (args,) = parse_config((PipelineArgs,), rest)
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise ValueError(f"nodes must be at least 1, got {self.nodes}")
+        if self.gpus_per_node is not None and self.gpus_per_node < 1:
+            raise ValueError(f"gpus_per_node must be at least 1, got {self.gpus_per_node}")
+
+
+def pipeline_argv(argv: list[str]) -> list[str]:
+    """`argv` without the submitter's options: the pipeline's, which the report job is given
+    (`python -m slurm.report` reads them as `python -m pipeline` does, config file included)."""
+    parser = HfArgumentParser(SubmitArgs, allow_abbrev=False, add_help=False)
+    _, rest = parser.parse_known_args(argv)
+    if "--config" in rest and rest.index("--config") + 1 < len(rest):
+        path = Path(rest[rest.index("--config") + 1])
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        mine = sorted(set(values) & {f.name for f in fields(SubmitArgs)})
+        if mine:
+            raise SystemExit(
+                f"{path}: {mine} are the submitter's options, not the pipeline's: give them on the "
+                "command line (the report job reads this file as a pipeline config)"
+            )
+    return rest
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, own = parse_config((PipelineArgs, SubmitArgs), argv)
+    rest = pipeline_argv(argv)
     plan = build_plan(args)
     if args.base_dir and not (plan.base_dir / "sft_base" / "export_check.json").exists():
         raise SystemExit(f"base_dir: {plan.base_dir} has no finished SFT base; run the base first")

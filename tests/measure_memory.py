@@ -1,31 +1,32 @@
 """Measure what a DeepSpeed engine really holds, independently of runtime/memory.py's arithmetic.
 
     python -m tests.measure_memory --model_config M.json --tokenizer T --deepspeed_config D \\
-        --precision fp32 --out result.json          (or under `deepspeed --num_gpus 2 --module`)
+        --precision fp32 --output result.json       (or under `deepspeed --num_gpus 2 --module`)
 
 Builds the engine as `train` does (the model from a config, AdamW with train's parameter
 groups, the filled DeepSpeed config), takes one full optimizer step so that the optimizer states
 exist, then runs the next forward and backward (so that the gradients exist, at the accumulation
 boundary) and sums the bytes of every distinct tensor storage alive on this rank: every tensor
 the garbage collector can see, deduplicated by its storage's address, less those alive before
-the model was built. Rank 0 writes {"bytes", "num_params", "world_size"} to --out.
+the model was built. Rank 0 writes {"bytes", "num_params", "world_size"} to --output.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import deepspeed
 import torch
 import torch.distributed as dist
 
+from data_tools.config import parse_config
 from runtime import distributed
 from runtime.ds_config import fill_ds_config
 from runtime.modeling import load_model, load_tokenizer
-from train.__main__ import param_groups
+from train.optimizer import param_groups
 
 
 def storages() -> dict[int, int]:
@@ -39,12 +40,17 @@ def storages() -> dict[int, int]:
     return seen
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    for name in ("--model_config", "--tokenizer", "--deepspeed_config", "--out"):
-        p.add_argument(name, required=True)
-    p.add_argument("--precision", default="fp32")
-    args, _ = p.parse_known_args()  # the launcher's --local_rank is ignored
+@dataclass
+class MeasureArgs:
+    model_config: str = field(metadata={"help": "the model's config (JSON)"})
+    tokenizer: str = field(metadata={"help": "the tokenizer folder"})
+    deepspeed_config: str = field(metadata={"help": "a file from ds_configs/"})
+    output: str = field(metadata={"help": "JSON file for the result (written by rank 0)"})
+    precision: str = field(default="fp32", metadata={"help": "fp32, bf16 or fp16"})
+
+
+def main(argv: list[str] | None = None) -> None:
+    (args,) = parse_config((MeasureArgs,), argv)  # drops the launcher's --local_rank
     _, world = distributed.init()
     tokenizer = load_tokenizer(args.tokenizer)
     gc.collect()
@@ -75,7 +81,7 @@ def main() -> None:
     dist.barrier()
     if dist.get_rank() == 0:
         result = {"bytes": held, "num_params": num_params, "world_size": world}
-        Path(args.out).write_text(json.dumps(result))
+        Path(args.output).write_text(json.dumps(result))
 
 
 if __name__ == "__main__":

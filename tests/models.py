@@ -1,7 +1,9 @@
-"""Tiny random models saved as model folders, as the entrypoints load them."""
+"""The tests' models: one registry of tiny configs, and tiny random models saved as model folders,
+as the entrypoints load them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -12,6 +14,32 @@ from data_tools.synthetic_math import Difficulty, make_splits
 from runtime.modeling import load_model
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Llama configs by name: the demo's (1M parameters, configs/models/tiny-llama.json), and two
+# smaller ones for the tests that train many times (a few thousand steps in all).
+MODELS: dict[str, dict] = {
+    "tiny-llama": json.loads((REPO / "configs/models/tiny-llama.json").read_text(encoding="utf-8")),
+    "llama-64": {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        "tie_word_embeddings": False,
+    },
+    "llama-32": {
+        "model_type": "llama",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 128,
+        "tie_word_embeddings": False,
+    },
+}
 
 
 def save_tiny_model(

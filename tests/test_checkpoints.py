@@ -16,20 +16,12 @@ from data_tools.atomic import write_json, write_text
 from data_tools.synthetic_math import Difficulty, write_splits
 from runtime.modeling import load_model, load_tokenizer
 from tests.launch import run
+from tests.models import MODELS
 from train import check_export
 from train.checkpoint import rotate
 
 STEPS, STOP, GLOBAL_BATCH = 10, 5, 16
-TINY = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 128,
-    "tie_word_embeddings": False,
-}
+TINY = MODELS["llama-32"]
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +145,7 @@ def probe(root, whole, tmp_path_factory) -> Path:
 
 
 def check(export: Path, *extra: str):
-    return run("train.check_export", [str(export), *extra], check=False)
+    return run("train.check_export", ["--export_dir", str(export), *extra], check=False)
 
 
 def test_the_run_checked_its_export_with_the_live_parameter_count(root, whole):

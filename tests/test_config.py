@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from data_tools.config import parse_config
 from runtime.args import DataArgs, ModelArgs
-from runtime.config import parse_config
 from train.args import TrainArgs
 
 

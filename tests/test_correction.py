@@ -13,7 +13,12 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from transformers import PreTrainedTokenizerBase
 
-from data_tools.correction import (
+from data_tools.schema import DataError, Example
+from data_tools.scoring import final_answer_text
+from data_tools.sources import load_examples
+from data_tools.tokenization import IGNORE_INDEX, Encoded, check_sample, encode_examples
+from methods.correction import (
+    CORRECTION_MARKER,
     CorrectionReport,
     build_rac_samples,
     cut_draft,
@@ -21,10 +26,6 @@ from data_tools.correction import (
     main,
     read_draft_ids,
 )
-from data_tools.prompting import CORRECTION_MARKER, final_answer_text
-from data_tools.schema import DataError, Example
-from data_tools.sources import load_examples
-from data_tools.tokenization import IGNORE_INDEX, Encoded, check_sample, encode_examples
 
 QUESTION = "Tom has 5 apples. He buys 3 more. How many apples does Tom have now?"
 REFERENCE = "Tom now has 5+3 = <<5+3=8>>8 apples.\n#### 8"
@@ -265,8 +266,8 @@ def test_build_is_deterministic(tokenizer: PreTrainedTokenizerBase) -> None:
 
 def test_final_answer_text() -> None:
     text = f"Tom has 15.{CORRECTION_MARKER}Tom has 9.{CORRECTION_MARKER}Tom has 8.\n#### 8"
-    assert final_answer_text(text) == "Tom has 8.\n#### 8"
-    assert final_answer_text("#### 8") == "#### 8"
+    assert final_answer_text(text, CORRECTION_MARKER) == "Tom has 8.\n#### 8"
+    assert final_answer_text("#### 8", CORRECTION_MARKER) == "#### 8"
     assert final_answer_text("a FIX b FIX c", marker=" FIX ") == "c"
     with pytest.raises(ValueError, match="marker"):
         final_answer_text("x", marker="")
@@ -292,8 +293,8 @@ def test_cli_round_trip(tokenizer: PreTrainedTokenizerBase, tmp_path: Path, caps
     gen = write_jsonl(tmp_path / "drafts.jsonl", generations)
     out = tmp_path / "rac.jsonl"
     argv = ["--data", str(data), "--drafts", str(gen), "--tokenizer", str(tmp_path / "tok")]
-    options = ["--variant", "first_divergence", "--mix", "0.5", "--only-wrong", "--seed", "3"]
-    main([*argv, "--out", str(out), *options])
+    options = ["--variant", "first_divergence", "--mix", "0.5", "--only_wrong", "--seed", "3"]
+    main([*argv, "--output", str(out), *options])
     printed = capsys.readouterr().out
     assert '"kept": 3' in printed and "wrote 6 rows" in printed
 
@@ -322,7 +323,16 @@ def test_cli_round_trip(tokenizer: PreTrainedTokenizerBase, tmp_path: Path, caps
     )
     with pytest.raises(DataError, match=r"bad.jsonl:2: field 'id': 'nope' is not an example"):
         main(
-            ["--data", str(data), "--drafts", str(bad), "--tokenizer", "unused", "--out", str(out)]
+            [
+                "--data",
+                str(data),
+                "--drafts",
+                str(bad),
+                "--tokenizer",
+                "unused",
+                "--output",
+                str(out),
+            ]
         )
 
 

@@ -8,22 +8,22 @@ from pathlib import Path
 import pytest
 
 from data_tools.atomic import write_jsonl
+from data_tools.config import parse_config
 from data_tools.synthetic_math import Difficulty, make_splits
 from generate.__main__ import main as generate_main
 from runtime import env_report
 from runtime.args import DataArgs, ModelArgs
-from runtime.config import parse_config
-from runtime.dry_run import count_parameters, model_config, plan_train
 from runtime.ds_config import ConfigError
 from runtime.memory import model_states
 from runtime.modeling import load_tokenizer
+from runtime.planning import count_parameters, model_config
 from tests.launch import run
-from tests.test_train import TINY
-from train.__main__ import encode
+from tests.models import MODELS
 from train.args import TrainArgs
+from train.dry_run import plan_train
 
 # ~7M parameters with the 512-token vocabulary: model states dominate what the engine holds.
-SMALL = {**TINY, "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 8}
+SMALL = {**MODELS["llama-64"], "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 8}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def root(tmp_path_factory, tokenizer) -> Path:
     root = tmp_path_factory.mktemp("dry_run")
     write_jsonl(root / "train.jsonl", make_splits({"train": 40}, Difficulty(), seed=2)["train"])
     tokenizer.save_pretrained(root / "tokenizer")
-    (root / "tiny.json").write_text(json.dumps(TINY))
+    (root / "tiny.json").write_text(json.dumps(MODELS["llama-64"]))
     (root / "small.json").write_text(json.dumps(SMALL))
     return root
 
@@ -63,7 +63,7 @@ def test_train_dry_run_prints_the_plan_and_writes_nothing(root):
     bad.write_text(json.dumps({"train_batch_size": 64, "zero_optimization": {"stage": 2}}))
     parsed = parse_config((ModelArgs, DataArgs, TrainArgs), [*args, "--deepspeed_config", str(bad)])
     with pytest.raises(ConfigError, match="train_batch_size is 64"):
-        plan_train(*parsed, encode)
+        plan_train(*parsed)
     assert not out.exists()
 
 
@@ -98,7 +98,7 @@ def test_memory_estimate_matches_a_measured_engine(
     out = tmp_path / "measured.json"
     args = [*("--model_config", str(root / "small.json"), "--tokenizer", str(root / "tokenizer"))]
     args += [*("--deepspeed_config", f"ds_configs/zero{stage}.json", "--precision", precision)]
-    run("tests.measure_memory", [*args, "--out", str(out)], nproc)
+    run("tests.measure_memory", [*args, "--output", str(out)], nproc)
     measured = json.loads(out.read_text())
 
     model_args = ModelArgs(model_config=str(root / "small.json"), tokenizer=str(root / "tokenizer"))

@@ -12,7 +12,7 @@ import pytest
 
 from data_tools.tokenization import IGNORE_INDEX, Encoded, encode_prompts
 from generate.exposure_bias import aggregate, main, measure_batch
-from generate.sampling import generate_batch
+from runtime.generation import generate_batch
 from runtime.modeling import load_model
 from tests.models import problems_and_model
 
@@ -61,6 +61,8 @@ def test_curves_coincide_when_the_model_predicts_the_reference(model, tokenizer,
     assert result["count"] == result["free_running"]["loss_count"]
     assert result["teacher_forced"]["accuracy"] == result["free_running"]["accuracy"]
     assert set(result["free_running"]["accuracy"]) == {1.0}
+    lengths = [len(m.free_correct) for m in measured]
+    assert result["free_running"]["first_divergence_mean"] == np.mean(lengths)  # never leaves
     tf_loss, free_loss = result["teacher_forced"]["loss"], result["free_running"]["loss"]
     assert np.allclose(tf_loss, free_loss, atol=1e-5)
     assert np.allclose(result["gap"]["cumulative_loss"], 0, atol=1e-4)
@@ -83,6 +85,7 @@ def test_curves_part_where_the_reference_leaves_the_model(model, tokenizer, own)
     assert np.allclose(m.free_loss[: k + 1], m.teacher_loss[: k + 1], atol=1e-5)
     assert m.free_loss[k] > m.free_loss[k - 1]  # the changed token is unlikely
     assert not np.allclose(m.free_loss[k + 1 :], m.teacher_loss[k + 1 :], atol=1e-3)
+    assert aggregate([m])["free_running"]["first_divergence_mean"] == k
 
 
 def test_a_generation_that_ends_early(model, tokenizer, own) -> None:
@@ -105,7 +108,7 @@ def test_a_generation_that_ends_early(model, tokenizer, own) -> None:
 def test_command_writes_numbers_and_plot(files: Path, tmp_path: Path) -> None:
     out = tmp_path / "exposure"
     argv = ["--model_name_or_path", str(files / "model"), "--data", str(files / "data.jsonl")]
-    argv += ["--task", "math", "--output", str(out), "--limit", "6", "--max_positions", "12"]
+    argv += ["--task", "math", "--output_dir", str(out), "--limit", "6", "--max_positions", "12"]
     result = main([*argv, "--batch_size", "4"])
     assert json.loads((out / "exposure_bias.json").read_text()) == result
     assert (result["examples"], result["task"], result["position"]) == (6, "math", list(range(12)))
@@ -120,7 +123,7 @@ def test_command_writes_numbers_and_plot(files: Path, tmp_path: Path) -> None:
     image = matplotlib.image.imread(out / "exposure_bias.png")
     assert image.shape[0] > 400 and image.shape[1] > 1200  # three panels side by side
     # The same numbers whatever the batch size.
-    again = main([*argv, "--batch_size", "1", "--output", str(tmp_path / "again")])
+    again = main([*argv, "--batch_size", "1", "--output_dir", str(tmp_path / "again")])
     for regime in ("teacher_forced", "free_running"):
         assert again[regime]["accuracy"] == result[regime]["accuracy"]
         assert np.allclose(again[regime]["loss"], result[regime]["loss"], atol=1e-5)

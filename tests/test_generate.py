@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_tools.prompting import CORRECTION_MARKER
 from data_tools.sources import load_examples
 from data_tools.tokenization import encode_prompts
 from generate.__main__ import main
-from generate.sampling import SeededSampler, example_seed, generate_batch, longest_first
+from methods.correction import CORRECTION_MARKER
 from runtime.ds_config import ConfigError
+from runtime.generation import SeededSampler, example_seed, generate_batch, longest_first
 from runtime.modeling import load_model
 from tests.launch import env, run
 from tests.models import problems_and_model

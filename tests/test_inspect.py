@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 from data_tools.atomic import write_jsonl
-from data_tools.inspect import mark_tokens, render
 from data_tools.schema import Example
 from data_tools.tokenization import Encoded, encode_examples
 from runtime.fingerprint import tokenizer_fingerprint
 from tests.launch import run
-from tests.test_train import TINY
+from tests.models import MODELS
+from train.inspect import mark_tokens, render
 
 
 def test_marks_of_a_known_sample(tokenizer):
@@ -44,7 +44,7 @@ def test_cli_shows_the_bash_batch(tmp_path, tokenizer):
     ]
     write_jsonl(tmp_path / "train.jsonl", rows)
     tokenizer.save_pretrained(tmp_path / "tok")
-    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    (tmp_path / "tiny.json").write_text(json.dumps(MODELS["llama-64"]))
     examples = [Example(r["id"], r["question"], r["answer"], "math") for r in rows]
     encoded = encode_examples(tokenizer, examples, 64)[0]
     fingerprint = tokenizer_fingerprint(tokenizer)
@@ -64,7 +64,7 @@ def test_cli_shows_the_bash_batch(tmp_path, tokenizer):
         *("--mode", "bash", "--predictions", str(tmp_path / "pred.jsonl"), "--ss_p_max", "1"),
         *("--micro_batch_size", "2", "--n", "1", "--step", "3"),
     ]
-    text = run("data_tools.inspect", args).stdout
+    text = run("train.inspect", args).stdout
     header = next(line for line in text.splitlines() if line.startswith("== "))
     sample = next(e for e in encoded if header.startswith(f"== {e.id}:"))
     lines = [line.split() for line in text.splitlines() if line[:5].strip().isdigit()]

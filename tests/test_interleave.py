@@ -9,9 +9,9 @@ import random
 import pytest
 from transformers import PreTrainedTokenizerBase
 
-from data_tools.interleave import align_free_running, interleave, response_positions
 from data_tools.schema import DataError, Example
 from data_tools.tokenization import IGNORE_INDEX, Encoded, encode_examples
+from methods.scheduled_sampling import align_free_running, interleave, response_positions
 
 
 def sft_samples(tokenizer: PreTrainedTokenizerBase, n: int) -> list[Encoded]:

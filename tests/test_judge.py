@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from data_tools.bootstrap import bootstrap_ci
-from data_tools.prompting import final_answer_text
 from data_tools.schema import DataError
-from data_tools.scoring import score_file
+from data_tools.scoring import final_answer_text, score_file
 from data_tools.tokenization import prompt_ids
 from generate.judge import (
     DEFAULT_PROMPT,
@@ -23,6 +22,7 @@ from generate.judge import (
     read_template,
 )
 from generate.score import main
+from methods.correction import CORRECTION_MARKER
 from runtime.modeling import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +91,9 @@ def test_win_rate_aggregates_both_orders(tmp_path: Path) -> None:
     # (generation first, reference first) per pair: win, loss, tie, tie (margin), win.
     preferences = [2.0, -3.0, -1.0, 1.0, 2.0, 2.0, 0.05, -2.0, 1.0, -1.0]
     judge = ScriptedJudge(preferences, margin=0.1)
-    scores = score_file(write_rows(tmp_path / "gen.jsonl", ROWS), "qa", judge=judge)
+    scores = score_file(
+        write_rows(tmp_path / "gen.jsonl", ROWS), "qa", CORRECTION_MARKER, judge=judge
+    )
     outcomes = [e["outcome"] for e in scores["examples"]]
     assert outcomes == ["win", "loss", "tie", "tie", "win"]
     assert [e["win"] for e in scores["examples"]] == [1.0, 0.0, 0.5, 0.5, 1.0]
@@ -102,7 +104,7 @@ def test_win_rate_aggregates_both_orders(tmp_path: Path) -> None:
     assert summary["judge"] == {"model": "scripted"}
     # Each pair was shown twice, the generation first and then the reference first.
     for i, row in enumerate(ROWS):
-        answer = final_answer_text(row["generation"])
+        answer = final_answer_text(row["generation"], CORRECTION_MARKER)
         fill = dict(prompt=QUESTION)
         assert judge.texts[2 * i] == judge.template.format(
             **fill, first=answer, second=row["reference"]
@@ -129,7 +131,8 @@ def test_tiny_model_judges_every_pair_in_both_orders(
     tmp_path: Path, judge_dir: Path, tokenizer, capsys: pytest.CaptureFixture
 ) -> None:
     path = write_rows(tmp_path / "gen.jsonl", ROWS)
-    main([str(path), "--task", "qa", "--judge", str(judge_dir), "--judge_batch_size", "3"])
+    argv = ["--generations", str(path), "--task", "qa", "--judge", str(judge_dir)]
+    main([*argv, "--judge_batch_size", "3"])
     summary = json.loads((tmp_path / "gen.summary.json").read_text())
     lines = (tmp_path / "gen.summary.examples.jsonl").read_text().splitlines()
     examples = [json.loads(line) for line in lines]
@@ -141,7 +144,7 @@ def test_tiny_model_judges_every_pair_in_both_orders(
     model = load_model(tokenizer, str(judge_dir)).eval()
     one, two = choice_token(tokenizer, "1"), choice_token(tokenizer, "2")
     for row, e in zip(ROWS, examples, strict=True):
-        answer = final_answer_text(row["generation"])
+        answer = final_answer_text(row["generation"], CORRECTION_MARKER)
         assert [o["first"] for o in e["judged"]] == ["generation", "reference"]
         shown = [(answer, row["reference"]), (row["reference"], answer)]
         for order, (first, second) in zip(e["judged"], shown, strict=True):
@@ -179,7 +182,8 @@ def test_summaries_judged_with_own_prompt_and_margin(tmp_path: Path, judge_dir: 
     prompt.write_text("Text: {prompt}\n1: {first}\n2: {second}\nBetter ({{1 or 2}}):\n")
     path = write_rows(tmp_path / "gen.jsonl", ROWS[:3])
     out = tmp_path / "scores/summary.json"
-    argv = [str(path), "--task", "summarization", "--out", str(out), "--judge", str(judge_dir)]
+    argv = ["--generations", str(path), "--task", "summarization", "--output", str(out)]
+    argv += ["--judge", str(judge_dir)]
     main([*argv, "--judge_prompt", str(prompt), "--judge_margin", "1e6"])
     summary = json.loads(out.read_text())
     assert {"rouge1", "rouge2", "rougeL", "win_rate"} <= set(summary)

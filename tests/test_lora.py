@@ -23,7 +23,7 @@ from data_tools.tokenization import encode_examples
 from runtime import lora
 from runtime.modeling import load_model
 from tests.launch import run
-from tests.test_train import TINY
+from tests.models import MODELS
 from train.args import TrainArgs
 from train.checkpoint import latest_tag
 
@@ -37,7 +37,7 @@ def logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
 
 def test_lora_zero3_exports(tmp_path, tokenizer) -> None:
     write_splits(tmp_path / "data", {"train": 48}, Difficulty(max_steps=2), seed=2)
-    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    (tmp_path / "tiny.json").write_text(json.dumps(MODELS["llama-64"]))
     base_dir = tmp_path / "base"
     load_model(tokenizer, config_file=str(tmp_path / "tiny.json"), seed=1).save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
@@ -83,7 +83,7 @@ def test_lora_zero3_exports(tmp_path, tokenizer) -> None:
         for k in adapter
         if "lora_A" in k
     }
-    assert len(adapted) == TINY["num_hidden_layers"] * 7
+    assert len(adapted) == MODELS["llama-64"]["num_hidden_layers"] * 7
     for name, weight in base.items():
         if name in adapted:
             a = adapter["base_model.model." + name.replace(".weight", ".lora_A.weight")]
@@ -128,7 +128,7 @@ def test_bad_lora_options_are_refused(options, message) -> None:
 
 
 def test_an_adapter_export_needs_a_pretrained_base(tmp_path, tokenizer) -> None:
-    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    (tmp_path / "tiny.json").write_text(json.dumps(MODELS["llama-64"]))
     model = load_model(tokenizer, config_file=str(tmp_path / "tiny.json"))
     args = TrainArgs(output_dir="out", lora_rank=4, lora_export="adapter")
     with pytest.raises(ValueError, match="lora_export adapter needs model_name_or_path"):

@@ -11,14 +11,14 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from data_tools.collate import pad_right
-from data_tools.correction import encode_correction
-from data_tools.interleave import interleave, response_positions
 from data_tools.packing import pack, pack_batch
 from data_tools.schema import Example
 from data_tools.synthetic_math import Difficulty, make_splits
 from data_tools.tokenization import IGNORE_INDEX, Encoded, encode_examples
+from methods.correction import encode_correction
+from methods.scheduled_sampling import interleave, response_positions
 from runtime.modeling import load_model
-from tests.test_train import TINY
+from tests.models import MODELS
 
 ROW = 192
 
@@ -45,7 +45,7 @@ def batch(tokenizer: PreTrainedTokenizerBase) -> list[Encoded]:
 @pytest.fixture(scope="module")
 def model(tmp_path_factory, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
     config = tmp_path_factory.mktemp("packing") / "tiny.json"
-    config.write_text(json.dumps(TINY))
+    config.write_text(json.dumps(MODELS["llama-64"]))
     return load_model(tokenizer, config_file=str(config), seed=0).eval()
 
 

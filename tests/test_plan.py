@@ -3,9 +3,9 @@ reusing a base plans no base stage."""
 
 from __future__ import annotations
 
+from data_tools.config import parse_config
 from pipeline.args import PipelineArgs
 from pipeline.plan import build_plan
-from runtime.config import parse_config
 
 
 def plan_of(*argv: str):
@@ -29,7 +29,7 @@ def test_stages_wait_for_what_they_read() -> None:
 
 def test_a_run_from_a_base_plans_no_base_stage(tmp_path) -> None:
     plan = plan_of(
-        "--base_dir", str(tmp_path / "base"), "--methods", "bash", "--eval_split", "validation"
+        "--base_dir", str(tmp_path / "base"), "--methods", "bash", "--report_split", "validation"
     )
     # Nothing waits for the base: it is finished before this run starts.
     assert {s.name: s.after for s in plan.stages} == {

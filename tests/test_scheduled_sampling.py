@@ -1,4 +1,4 @@
-"""BASH and SCS through the real entrypoints: tokens from `generate --mode teacher_forced` are the
+"""BASH and SCS through the real entrypoints: tokens from `generate --teacher_forced true` are the
 ones SCS computes online with the same weights, and tokens from other weights are refused."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from data_tools.schema import DataError, Example
 from data_tools.sources import load_examples
 from data_tools.synthetic_math import Difficulty, make_splits
 from data_tools.tokenization import encode_examples
+from methods.scheduled_sampling import load_predictions
 from runtime.fingerprint import model_fingerprint, tokenizer_fingerprint
 from runtime.modeling import load_model
 from tests.launch import run
 from tests.models import save_tiny_model
-from train.predictions import load_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -34,7 +34,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
     run(
         "generate",
         ["--model_name_or_path", str(root / "model_a"), "--data", str(root / "data.jsonl")]
-        + ["--task", "math", "--mode", "teacher_forced", "--output", str(root / "pred_a.jsonl")],
+        + ["--task", "math", "--teacher_forced", "true", "--output", str(root / "pred_a.jsonl")],
     )
     return root
 
@@ -67,7 +67,7 @@ def test_scs_step0_batch_is_bash_batch_from_same_weights(setup: Path) -> None:
 
 def test_predictions_equal_online_ones(setup: Path, tokenizer) -> None:
     """The stored tokens are the argmax of one forward pass over each example alone."""
-    from runtime.self_tokens import teacher_forced_predictions
+    from methods.scheduled_sampling import teacher_forced_predictions
 
     examples = load_examples(str(setup / "data.jsonl"), task="math")[0]
     encoded = encode_examples(tokenizer, examples, 512)[0]

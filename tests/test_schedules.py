@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from data_tools.schedules import SamplingSchedule
+from methods.scheduled_sampling import SamplingSchedule
 
 
 def test_constant_after_warmup() -> None:
@@ -50,7 +50,7 @@ def test_default_p_max_and_monotone() -> None:
         s = SamplingSchedule(kind, warmup_steps=7)
         values = [s.p(step) for step in range(0, 20_000, 37)]
         assert values == sorted(values)
-        assert values[0] >= 0 and values[-1] <= s.p_max == 0.5
+        assert values[0] >= 0 and values[-1] <= s.p_max == 0.25
 
 
 @pytest.mark.parametrize(

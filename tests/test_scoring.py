@@ -13,6 +13,7 @@ from data_tools.bootstrap import bootstrap_ci
 from data_tools.schema import DataError
 from data_tools.scoring import extract_answer, math_exact_match, rouge, score_file
 from generate.score import main
+from methods.correction import CORRECTION_MARKER
 
 
 @pytest.mark.parametrize(
@@ -200,22 +201,25 @@ def test_score_file_refuses_unscored_task(tmp_path: Path) -> None:
         score_file(path, "code")
     with pytest.raises(ValueError, match="'qa' is scored by a judge only"):
         score_file(path, "qa")
-    with pytest.raises(SystemExit):
-        main([str(path), "--task", "qa"])
-    with pytest.raises(SystemExit):
-        main([str(path), "--task", "math", "--judge", "never/loaded"])
+    with pytest.raises(ValueError, match="qa is scored by a judge only: give --judge MODEL"):
+        main(["--generations", str(path), "--task", "qa"])
+    with pytest.raises(ValueError, match="math is scored by exact match"):
+        main(["--generations", str(path), "--task", "math", "--judge", "never/loaded"])
+    with pytest.raises(ValueError, match="task must be one of math, summarization, qa"):
+        main(["--generations", str(path), "--task", "code"])
 
 
 def test_cli_writes_summary_and_examples(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     generations = write_generations(tmp_path / "gen.jsonl", MATH_ROWS)
-    main([str(generations), "--task", "math"])
+    main(["--generations", str(generations), "--task", "math"])
     lo, hi = bootstrap_ci([1.0, 1.0, 0.0, 0.0])
     assert capsys.readouterr().out.strip() == f"exact_match: 0.5000 [{lo:.4f}, {hi:.4f}] (2/4)"
     summary = json.loads((tmp_path / "gen.summary.json").read_text())
     assert summary["exact_match"] == 0.5
     examples = (tmp_path / "gen.summary.examples.jsonl").read_text().splitlines()
     assert [json.loads(line)["id"] for line in examples] == ["a", "b", "c", "d"]
-    main([str(generations), "--task", "math", "--out", str(tmp_path / "out/summary.json")])
+    out = tmp_path / "out/summary.json"
+    main(["--generations", str(generations), "--task", "math", "--output", str(out)])
     assert (tmp_path / "out/summary.json").is_file()
     assert (tmp_path / "out/summary.examples.jsonl").is_file()
 
@@ -232,7 +236,12 @@ def test_a_self_corrected_generation_is_scored_on_its_last_answer(tmp_path):
     ]
     path = tmp_path / "gen.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert [e["correct"] for e in score_file(path, "math")["examples"]] == [True, False, True]
+    assert [e["correct"] for e in score_file(path, "math", CORRECTION_MARKER)["examples"]] == [
+        True,
+        False,
+        True,
+    ]
     row = {"id": "s", "generation": "a dog\nCorrection:\nthe cat", "reference": "the cat"}
     path.write_text(json.dumps(row) + "\n")
-    assert score_file(path, "summarization")["examples"][0]["rouge1"] == 1.0
+    assert score_file(path, "summarization", CORRECTION_MARKER)["examples"][0]["rouge1"] == 1.0
+    assert score_file(path, "summarization")["examples"][0]["rouge1"] < 1.0  # no marker: all

@@ -204,13 +204,13 @@ def test_pipeline_submitter_chains_stages_and_skips_finished_ones(cluster, tmp_p
     run_dir = tmp_path / "compare"
     # BASH and RAC cover every kind of stage (SFT, generation, building, training, evaluation);
     # the tiny pipeline with every method runs in tests/test_pipeline.py.
-    options = ["--run_dir", str(run_dir), "--nodes", "2", "--gpus-per-node", "1", "--cpu"]
+    options = ["--run_dir", str(run_dir), "--nodes", "2", "--gpus_per_node", "1", "--cpu"]
     options += ["--methods", "bash,rac"]
     logs, jobs_file = run_dir / "logs/slurm", run_dir / "logs/slurm/jobs.json"
 
     # Held, a submission blocks the next one; released, sft_base fails on a missing config.
     first = submit_pipeline(
-        cluster, *options, "--deepspeed_config", "missing.json", "--sbatch-args=--hold"
+        cluster, *options, "--deepspeed_config", "missing.json", "--sbatch_args=--hold"
     )
     assert first.returncode == 0, first.stderr
     ids = json.loads(jobs_file.read_text())

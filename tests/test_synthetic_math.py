@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import operator
 import random
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from data_tools.scoring import extract_answer
-from data_tools.synthetic_math import Difficulty, make_problem, make_splits
+from data_tools.synthetic_math import Difficulty, main, make_problem, make_splits
 
 OPS = {
     "+": operator.add,
@@ -112,3 +114,20 @@ def test_too_few_distinct_problems() -> None:
     d = Difficulty(min_steps=1, max_steps=1, max_start=2, max_operand=1, operations="+")
     with pytest.raises(ValueError, match="widen the difficulty"):
         make_splits({"train": 200}, d, seed=0)
+
+
+def test_command_line_writes_the_splits_as_the_library_makes_them(tmp_path: Path) -> None:
+    """The dataclass options: snake_case (the kebab spelling too), sizes and difficulty knobs."""
+    argv = ["--output_dir", str(tmp_path), "--train", "5", "--validation", "2", "--test", "0"]
+    main([*argv, "--seed", "3", "--max_steps", "3", "--max-value", "50"])
+    d = Difficulty(max_steps=3, max_value=50)
+    expected = make_splits({"train": 5, "validation": 2, "test": 0}, d, seed=3)
+    for split, rows in expected.items():
+        lines = (tmp_path / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+        assert [json.loads(line) for line in lines] == rows
+    recorded = json.loads((tmp_path / "difficulty.json").read_text(encoding="utf-8"))
+    assert (recorded["seed"], recorded["max_steps"], recorded["max_value"]) == (3, 3, 50)
+    with pytest.raises(ValueError, match="min_steps <= max_steps"):
+        main(["--output_dir", str(tmp_path), "--min_steps", "4", "--max_steps", "3"])
+    with pytest.raises(ValueError, match="train must be 0 or more problems"):
+        main(["--output_dir", str(tmp_path), "--train", "-1"])

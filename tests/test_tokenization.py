@@ -162,7 +162,7 @@ def test_overlong_errors_name_origin_and_field(tokenizer) -> None:
 
 
 @PROPERTY
-@given(st.lists(TEXT, min_size=1, max_size=4), st.integers(1, 60))
+@given(st.lists(TEXT, min_size=1, max_size=4), st.integers(2, 60))
 def test_encode_prompts_cuts_left(tokenizer, prompts: list[str], max_prompt_length: int) -> None:
     ids, cut = encode_prompts(tokenizer, prompts, max_prompt_length)
     fulls = [full_prompt(tokenizer, p) for p in prompts]
@@ -170,6 +170,12 @@ def test_encode_prompts_cuts_left(tokenizer, prompts: list[str], max_prompt_leng
     for got, full in zip(ids, fulls, strict=True):
         assert len(got) == min(len(full), max_prompt_length)
         assert is_left_cut(got, full, tokenizer.bos_token_id)
+
+
+def test_a_prompt_keeps_a_token_of_its_text(tokenizer) -> None:
+    """BOS alone is no prompt: a budget without room for one token of text is refused."""
+    with pytest.raises(ValueError, match="1 prompt tokens leave no room for the text"):
+        encode_prompts(tokenizer, ["How many apples?"], 1)
 
 
 def test_pad_right() -> None:

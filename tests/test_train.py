@@ -21,19 +21,11 @@ from data_tools.tokenization import encode_examples
 from runtime.modeling import load_model, load_tokenizer
 from tests import wandb_files
 from tests.launch import run
+from tests.models import MODELS
 from train.batches import BatchPlan
 
 STEPS, MICRO, ACCUM, WORLD, SEED, LR, MAX_LEN = 20, 4, 2, 2, 3, 2e-3, 160
-TINY = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 256,
-    "tie_word_embeddings": False,
-}
+TINY = MODELS["llama-64"]
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +79,9 @@ def reference(setup: dict) -> dict:
     ]
     optimizer = torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.95))
     scheduler = get_scheduler("cosine", optimizer, c["warmup_steps"], STEPS)
-    losses = []
+    losses, lrs = [], []
     for step in range(STEPS):
+        lrs.append(scheduler.get_last_lr()[0])  # the rate this step runs at
         batch = pad_right([data[i] for i in plan.global_indices(step)], tokenizer.pad_token_id)
         loss = model(**batch).loss  # the mean over every trained token of the global batch
         loss.backward()
@@ -100,7 +93,7 @@ def reference(setup: dict) -> dict:
     probe = pad_right(data[:8], tokenizer.pad_token_id)
     with torch.no_grad():
         logits = model.eval()(**probe).logits
-    return {"losses": losses, "probe": probe, "logits": logits}
+    return {"losses": losses, "lrs": lrs, "probe": probe, "logits": logits}
 
 
 @pytest.mark.slow
@@ -114,6 +107,8 @@ def test_zero_stage_matches_plain_pytorch(setup, reference, tmp_path, stage):
         torch.tensor(losses), torch.tensor(reference["losses"]), rtol=1e-4, atol=0
     )
     assert losses[-1] < losses[0] * 0.8, "the model should learn something in 20 steps"
+    # The logged rate is the one each step ran at (0 in the first warmup step), not the next's.
+    assert [r["train/lr"] for r in rows] == pytest.approx(reference["lrs"], rel=1e-12)
 
     # The export, consolidated from the ZeRO checkpoint, is the reference's model.
     check = json.loads((out / "export_check.json").read_text())

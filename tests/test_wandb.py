@@ -15,13 +15,13 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
+from data_tools.config import parse_config
 from data_tools.synthetic_math import Difficulty, write_splits
 from generate.exposure_bias import main as exposure_bias
 from generate.score import main as score
 from pipeline.args import PipelineArgs
 from pipeline.plan import build_plan
 from pipeline.report import report, track
-from runtime.config import parse_config
 from runtime.tracking import Tracker
 from tests import wandb_files
 from tests.launch import REPO, command, env
@@ -98,13 +98,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
             for k, v in {**wandb_env, "WANDB_MODE": "offline", "WANDB_CONSOLE": "off"}.items():
                 patch.setenv(k, v)
             score(
-                [str(generations), "--task", "math", "--wandb_samples", str(SAMPLES)]
+                ["--generations", str(generations), "--task", "math"]
+                + ["--wandb_samples", str(SAMPLES)]
                 + logging("score_test_sft")
             )
             exposure_bias(
                 [
                     *("--model_name_or_path", str(model), "--data", validation, "--limit", "4"),
-                    *("--output", str(run_dir / "exposure_bias"), "--max_positions", "12"),
+                    *("--output_dir", str(run_dir / "exposure_bias"), "--max_positions", "12"),
                     *logging("exposure_bias_sft"),
                 ]
             )

@@ -7,7 +7,7 @@
 - scs:  online scheduled sampling: the same, with the model's tokens made at every step by a
         no-grad forward pass of the current weights;
 - rac:  Reference-Answer-based Correction: samples of prompt, the model's draft, a correction
-        marker and the reference (made by `python -m data_tools.correction`).
+        marker and the reference (made by `python -m methods.correction`).
 
     deepspeed --num_gpus 2 --module train --config configs/sft_demo.yaml
     python -m train --config configs/sft_demo.yaml --max_steps 100     # one process
@@ -40,15 +40,16 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from data_tools.atomic import write_jsonl
 from data_tools.collate import pad_right
-from data_tools.correction import encode_correction, read_draft_ids
-from data_tools.interleave import interleave
+from data_tools.config import parse_config
 from data_tools.packing import pack_batch
-from data_tools.schedules import SamplingSchedule
 from data_tools.schema import DataError
-from data_tools.tokenization import Encoded, encode_examples
-from runtime import distributed, dry_run, lora, plots
+from data_tools.tokenization import Encoded
+from methods.scheduled_sampling import (
+    interleave,
+    teacher_forced_predictions,
+)
+from runtime import distributed, lora, plots
 from runtime.args import DataArgs, ModelArgs
-from runtime.config import parse_config
 from runtime.ds_config import (
     DTYPES,
     ConfigError,
@@ -57,59 +58,14 @@ from runtime.ds_config import (
     resolve_precision,
     zero_stage,
 )
-from runtime.fingerprint import model_fingerprint, tokenizer_fingerprint
-from runtime.modeling import load_model, load_tokenizer
-from runtime.self_tokens import teacher_forced_predictions
+from runtime.modeling import load_model
 from runtime.tracking import Tracker
-from train import checkpoint
+from train import checkpoint, dry_run
 from train.args import TrainArgs
-from train.batches import BatchPlan
-from train.predictions import load_predictions
+from train.optimizer import param_groups
+from train.setup import setup
 
 STOPPED = 75  # the exit status of a run stopped by SIGUSR1 (sysexits' EX_TEMPFAIL: try again)
-
-
-def encode(
-    tokenizer,
-    data_args: DataArgs,
-    data: str | None = None,
-    split: str | None = None,
-    marker: str | None = None,
-    loss_on: str = "response",
-) -> list[Encoded]:
-    """Tokenized examples with the loss on the response (or `loss_on` "all"); with a `marker`
-    (RAC), samples of prompt, the model's draft, the marker and the reference, the loss on the
-    last two."""
-    examples = data_args.load(data, split)
-    if marker is None:
-        encoded, report = encode_examples(
-            tokenizer, examples, data_args.max_length, data_args.overlong, loss_on
-        )
-        summary = report.summary()
-    else:
-        drafts = read_draft_ids(data or data_args.data)
-        encoded = [
-            encode_correction(tokenizer, e, drafts[e.id], data_args.max_length, marker)
-            for e in examples
-        ]
-        summary = f"{len(encoded)} samples, {sum(drafts[e.id] is not None for e in examples)} with a draft"
-    if distributed.is_main():
-        print(f"{data or data_args.data} [{split or data_args.split}]: {summary}", flush=True)
-    return encoded
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only, not on gains and biases; frozen weights (LoRA's base) are
-    left out. Under ZeRO-3 a parameter's true shape is in `ds_shape`; DeepSpeed drops empty
-    groups, so they are left out here too."""
-    decay, no_decay = [], []
-    for p in filter(lambda p: p.requires_grad, model.parameters()):
-        (decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
 
 
 @torch.no_grad()
@@ -143,7 +99,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 def main() -> None:
     model_args, data_args, args = parse_config((ModelArgs, DataArgs, TrainArgs))
     if args.dry_run:
-        dry_run.plan_train(model_args, data_args, args, encode)
+        dry_run.plan_train(model_args, data_args, args)
         return
     # The handler only sets a flag: a checkpoint is collective, so the ranks act on it together.
     stop = threading.Event()
@@ -158,29 +114,9 @@ def main() -> None:
     ds_config = fill_for_run(args, world, precision, model_config.hidden_size)
 
     # Data: tokenized once per rank, in the same order on every rank.
-    tokenizer = load_tokenizer(model_args.tokenizer_path())
-    marker = args.correction_marker if args.mode == "rac" else None
-    train_set = encode(tokenizer, data_args, marker=marker, loss_on=args.loss_on)
-    eval_set = []
-    if args.eval_data or args.eval_split:
-        eval_set = encode(tokenizer, data_args, args.eval_data, args.eval_split)[
-            : args.max_eval_examples
-        ]
-    schedule, predictions = None, None
-    if args.mode in ("bash", "scs"):
-        schedule = SamplingSchedule.from_args(args)
-    if args.mode == "bash":
-        fingerprints = (
-            tokenizer_fingerprint(tokenizer),
-            model_fingerprint(model_args.model_name_or_path),
-        )
-        predictions = load_predictions(args.predictions, train_set, *fingerprints)
-    plan = BatchPlan(
-        len(train_set), args.micro_batch_size, args.gradient_accumulation_steps, world, args.seed
-    )
-    total_steps = (
-        args.max_steps if args.max_steps > 0 else int(args.num_epochs * plan.steps_per_epoch)
-    )
+    run = setup(model_args, data_args, args, world)
+    tokenizer, train_set, eval_set, plan = run.tokenizer, run.train_set, run.eval_set, run.plan
+    schedule, predictions, total_steps = run.schedule, run.predictions, run.total_steps
 
     # Model, optimizer and schedule, wrapped by the DeepSpeed engine.
     # Under ZeRO-3, this makes from_pretrained load each weight straight into its partition. A
@@ -252,17 +188,19 @@ def main() -> None:
         # loss, tokens replaced, sequences through a forward pass (SCS: twice), ranks signalled
         stats = torch.zeros(4, dtype=torch.float64, device=engine.device)
         p = schedule.p(step) if schedule else 0.0
+        lr = scheduler.get_last_lr()[0]  # the rate this step runs at (the scheduler steps with it)
         for micro in range(args.gradient_accumulation_steps):
             batch = [train_set[i] for i in plan.micro_indices(batch_ids, micro, rank)]
             if schedule and p > 0:
                 # BASH reads the model's tokens from disk; SCS makes them now, with these weights.
-                own = (
+                batch_predictions = (
                     [predictions[e.id] for e in batch]
                     if args.mode == "bash"
                     else teacher_forced_predictions(engine, batch, pad_id)
                 )
                 mixed = [
-                    interleave(e, t, p, args.seed, step) for e, t in zip(batch, own, strict=True)
+                    interleave(e, t, p, args.seed, step)
+                    for e, t in zip(batch, batch_predictions, strict=True)
                 ]
                 batch = [e for e, _ in mixed]
                 stats[1] += sum(n for _, n in mixed)
@@ -287,7 +225,7 @@ def main() -> None:
         tokens = sum(len(train_set[i].input_ids) for i in batch_ids)
         metrics = {
             "train/loss": stats[0].item(),
-            "train/lr": scheduler.get_last_lr()[0],
+            "train/lr": lr,
             "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
             "train/tokens_per_s": tokens / (time.perf_counter() - started),
             "train/trained_tokens": trained_tokens,

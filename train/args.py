@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from data_tools.prompting import CORRECTION_MARKER
+from methods.correction import CORRECTION_MARKER
+from methods.scheduled_sampling import SamplingSchedule
 
 
 @dataclass
@@ -20,19 +21,26 @@ class TrainArgs:
         },
     )
     ss_schedule: str = field(
-        default="constant",
+        default=SamplingSchedule.kind,
         metadata={"help": "bash/scs: p over steps: constant, linear, inverse_sigmoid, exponential"},
     )
-    ss_p_max: float = field(default=0.25, metadata={"help": "bash/scs: the largest p"})
+    ss_p_max: float = field(
+        default=SamplingSchedule.p_max, metadata={"help": "bash/scs: the largest p"}
+    )
     ss_warmup_steps: int = field(
-        default=0, metadata={"help": "bash/scs: steps of pure ground truth first"}
+        default=SamplingSchedule.warmup_steps,
+        metadata={"help": "bash/scs: steps of pure ground truth first"},
     )
     ss_ramp_steps: int = field(
-        default=100, metadata={"help": "bash/scs, linear: steps from 0 to p_max"}
+        default=SamplingSchedule.ramp_steps,
+        metadata={"help": "bash/scs, linear: steps from 0 to p_max"},
     )
-    ss_k: float = field(default=20.0, metadata={"help": "bash/scs, inverse_sigmoid: k"})
+    ss_k: float = field(
+        default=SamplingSchedule.k, metadata={"help": "bash/scs, inverse_sigmoid: k"}
+    )
     ss_decay: float = field(
-        default=0.99, metadata={"help": "bash/scs, exponential: ground-truth decay"}
+        default=SamplingSchedule.decay,
+        metadata={"help": "bash/scs, exponential: ground-truth decay"},
     )
     correction_marker: str = field(
         default=CORRECTION_MARKER, metadata={"help": "rac: between draft and reference"}
@@ -108,7 +116,7 @@ class TrainArgs:
             " alone, naming its base model_name_or_path)"
         },
     )
-    seed: int = 42
+    seed: int = 0
     eval_every: int = field(
         default=0, metadata={"help": "steps between evaluations; 0: only at the end"}
     )

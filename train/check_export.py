@@ -1,8 +1,9 @@
 """Check an exported model folder in a fresh process: complete files, loadable weights, and
 (with a probe file) the logits of the engine that exported it.
 
-    python -m train.check_export runs/demo/sft/export
-    python -m train.check_export runs/demo/sft/export --probe probe.pt --num_params 1048576
+    python -m train.check_export --export_dir runs/demo/sft/export
+    python -m train.check_export --export_dir runs/demo/sft/export --probe probe.pt \\
+        --num_params 1048576 --output export_check.json
 
 A fresh process loads only what is on disk, so nothing of the training process (a partitioned
 ZeRO-3 module, a cached tensor) can hide a bad export. The classic failures: weight files of a
@@ -12,16 +13,17 @@ job. `train` runs this after every export and writes its report only when every 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data_tools.atomic import write_json
+from data_tools.config import parse_config
 from runtime import lora
 
 
@@ -155,25 +157,33 @@ def check(export_dir: Path, probe: Path | None = None, num_params: int | None = 
     return report
 
 
+@dataclass
+class CheckExportArgs:
+    export_dir: str = field(metadata={"help": "the exported model folder to check"})
+    probe: str | None = field(
+        default=None,
+        metadata={
+            "help": "torch file: input_ids, attention_mask, the engine's logits at the mask, "
+            "precision"
+        },
+    )
+    num_params: int | None = field(
+        default=None, metadata={"help": "the trained model's parameter count"}
+    )
+    output: str | None = field(
+        default=None, metadata={"help": "write the results here (JSON) if all pass"}
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("export_dir", type=Path)
-    parser.add_argument(
-        "--probe",
-        type=Path,
-        help="torch file: input_ids, attention_mask, the engine's logits at the mask, precision",
-    )
-    parser.add_argument("--num_params", type=int, help="the trained model's parameter count")
-    parser.add_argument("--report", type=Path, help="write the results here (JSON) if all pass")
-    args = parser.parse_args(argv)
+    (args,) = parse_config((CheckExportArgs,), argv)
+    probe = Path(args.probe) if args.probe else None
     try:
-        report = check(args.export_dir, args.probe, args.num_params)
+        report = check(Path(args.export_dir), probe, args.num_params)
     except ExportError as e:
         raise SystemExit(f"export check failed: {e}") from e
-    if args.report:
-        write_json(args.report, report)
+    if args.output:
+        write_json(args.output, report)
     print(json.dumps(report))
 
 

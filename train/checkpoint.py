@@ -10,7 +10,6 @@ checkpoints are deleted only after that.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -20,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -158,7 +158,7 @@ def _to_universal(ckpt_dir: Path, tag: str, universal: str, saved: int, world: i
     tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=f".{universal}.", suffix=".tmp"))
     try:
         ds_to_universal(
-            argparse.Namespace(
+            SimpleNamespace(  # the arguments of ds_to_universal's command line
                 input_folder=str(ckpt_dir / tag),
                 output_folder=str(tmp / universal),
                 num_extract_workers=1,
@@ -248,8 +248,9 @@ def check_export(
             with atomic_open(probe_file, "wb") as f:
                 mask = probe["attention_mask"].bool()
                 torch.save({**probe, "logits": live[mask], "precision": precision}, f)
-            command = [sys.executable, "-m", "train.check_export", out_dir, "--probe", probe_file]
-            command += ["--num_params", num_params, "--report", out_dir.parent / REPORT]
+            command = [sys.executable, "-m", "train.check_export", "--export_dir", out_dir]
+            command += ["--probe", probe_file, "--num_params", num_params]
+            command += ["--output", out_dir.parent / REPORT]
             result = subprocess.run(
                 [str(c) for c in command],
                 capture_output=True,

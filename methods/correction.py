@@ -9,11 +9,11 @@ text (`CORRECTION_MARKER`) and the reference is the dataset's response. The loss
 marker, the reference and the EOS only: never on the prompt, nor on the draft, whose mistakes
 must not be learnt. The model learns to follow a draft of its own with the marker and a correct
 answer; at inference (self-correction) the answer is the text after the last marker
-(`final_answer_text`). Plain SFT samples (prompt | reference EOS) are mixed in so that the model
+(`data_tools.scoring.final_answer_text`). Plain SFT samples (prompt | reference EOS) are mixed in so that the model
 still answers directly (`build_rac_samples`).
 
-    python -m data_tools.correction --data train.jsonl --drafts drafts.jsonl \\
-        --tokenizer runs/demo/tokenizer --out rac.jsonl --variant first_divergence --mix 0.5
+    python -m methods.correction --data train.jsonl --drafts drafts.jsonl \\
+        --tokenizer runs/demo/tokenizer --output rac.jsonl --variant first_divergence --mix 0.5
 
 writes rows {"id", "prompt", "response", "draft_ids", "task", "meta"} (draft_ids null for the
 plain samples): `load_examples` reads them as examples, `read_draft_ids` their drafts, and
@@ -22,19 +22,18 @@ plain samples): `load_examples` reads them as examples, `read_draft_ids` their d
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from data_tools.atomic import write_jsonl
-from data_tools.prompting import CORRECTION_MARKER
+from data_tools.config import parse_config
 from data_tools.schema import TASKS, DataError, Example
 from data_tools.scoring import math_exact_match
 from data_tools.sources import jsonl_objects, load_examples
@@ -43,10 +42,15 @@ from data_tools.tokenization import (
     Encoded,
     TruncationReport,
     check_sample,
-    cut_left,
+    prompt_frame,
     prompt_ids,
 )
+from runtime.generation import eos_ids, generate_batch
 
+# RAC's marker between the model's draft and the reference. It ends with a newline, like the plain
+# template, so that the reference after it starts a line exactly as a response does after a
+# prompt. Any marker can be used, as long as training and inference use the same one.
+CORRECTION_MARKER = "\nCorrection:\n"
 CUT_VARIANTS = ("whole", "first_divergence", "random")
 
 
@@ -98,13 +102,13 @@ def encode_correction(
     with. Without a draft, or with a draft equal to the reference, this is the plain SFT sample,
     exactly as `encode_examples` makes it; an empty draft gives prompt | marker | reference EOS
     (`build_rac_samples` leaves such drafts out). Truncation to `max_length` keeps the marker, reference and EOS
-    whole; it first cuts the prompt from the left (keeping its BOS and at least one token, as
-    `encode_examples` does), then the draft from its end (keeping its start, where the model
+    whole; it first cuts the prompt's text from the left (keeping its template and at least one
+    token of text, as `encode_examples` does), then the draft from its end (keeping its start, where the model
     went wrong first). A reference that cannot fit even then is a `DataError` on 'response'.
     `report`, when given, counts what was cut.
     """
     _check_marker(marker)
-    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    eos, frame = tokenizer.eos_token_id, prompt_frame(tokenizer)
     prompt = prompt_ids(tokenizer, [example.prompt])[0]
     reference = _reference_ids(tokenizer, [example.response])[0]
     draft = [] if draft_ids is None else _strip_eos(draft_ids, eos)
@@ -116,8 +120,7 @@ def encode_correction(
         ]
     tail = marker_ids + reference + [eos]
     room = max_length - len(tail)
-    min_prompt = 2 if prompt and prompt[0] == bos else 1
-    if room < min_prompt:
+    if room < frame.min_length:
         raise DataError(
             example.origin or f"example {example.id}",
             "response",
@@ -125,10 +128,10 @@ def encode_correction(
             f"the prompt in max_length={max_length}",
         )
     excess = len(prompt) + len(draft) - room
-    prompt_cut = min(max(excess, 0), max(len(prompt) - min_prompt, 0))
+    prompt_cut = min(max(excess, 0), max(len(prompt) - frame.min_length, 0))
     draft_cut = max(excess, 0) - prompt_cut
     if prompt_cut:
-        prompt = cut_left(prompt, len(prompt) - prompt_cut, bos)
+        prompt = frame.cut(prompt, len(prompt) - prompt_cut)
     if draft_cut:
         draft = draft[: len(draft) - draft_cut]
     if report is not None:
@@ -141,6 +144,28 @@ def encode_correction(
     encoded = Encoded(example.id, context + tail, [IGNORE_INDEX] * len(context) + tail)
     check_sample(example, encoded, eos, len(reference))
     return encoded
+
+
+def self_correct(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[list[int]],
+    drafts: Sequence[list[int]],
+    marker: str,
+    max_new_tokens: int,
+    seeds: Sequence[int] | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> list[list[int]]:
+    """RAC at inference: each draft (less its EOS), the marker, then a second generation from
+    prompt | draft | marker, as the model was trained to continue; returns draft | marker |
+    correction. The answer is the text after the last marker (`final_answer_text`)."""
+    stop = eos_ids(model, tokenizer)
+    marker_ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
+    drafts = [d[:-1] if d and d[-1] in stop else d for d in drafts]
+    second = [p + d + marker_ids for p, d in zip(prompts, drafts, strict=True)]
+    fixes = generate_batch(model, tokenizer, second, max_new_tokens, seeds, temperature, top_p)
+    return [d + marker_ids + f for d, f in zip(drafts, fixes, strict=True)]
 
 
 def cut_draft(
@@ -334,7 +359,7 @@ def read_draft_ids(path: str | Path) -> dict[str, list[int] | None]:
             raise DataError(
                 where,
                 "draft_ids",
-                "missing (null for a plain sample); RAC data is made by python -m data_tools.correction",
+                "missing (null for a plain sample); RAC data is made by python -m methods.correction",
             )
         draft = row["draft_ids"]
         if draft is not None and not _is_token_list(draft):
@@ -343,28 +368,41 @@ def read_draft_ids(path: str | Path) -> dict[str, list[int] | None]:
     return drafts
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass
+class CorrectionArgs:
+    data: str = field(metadata={"help": "the training data (file or hub dataset)"})
+    drafts: str = field(metadata={"help": "generation jsonl with the model's drafts"})
+    tokenizer: str = field(metadata={"help": "the model's tokenizer (folder or hub name)"})
+    output: str = field(metadata={"help": "the RAC jsonl to write"})
+    task: str = field(default="math", metadata={"help": ", ".join(TASKS)})
+    limit: int | None = field(
+        default=None, metadata={"help": "use only the first N examples of the data"}
     )
-    p.add_argument("--data", required=True, help="the training data (file or hub dataset)")
-    p.add_argument("--task", default="math", choices=TASKS)
-    p.add_argument("--limit", type=int, help="use only the first N examples of the data")
-    p.add_argument("--drafts", required=True, help="generation jsonl with the model's drafts")
-    p.add_argument("--tokenizer", required=True, help="the model's tokenizer (folder or hub name)")
-    p.add_argument("--out", required=True, help="the RAC jsonl to write")
-    p.add_argument("--variant", default="whole", choices=CUT_VARIANTS)
-    p.add_argument("--mix", type=float, default=0.25, help="fraction of correction samples")
-    p.add_argument("--only-wrong", action="store_true", help="keep drafts with a wrong answer")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--max-length",
-        type=int,
+    variant: str = field(default="whole", metadata={"help": ", ".join(CUT_VARIANTS)})
+    mix: float = field(default=0.25, metadata={"help": "fraction of correction samples"})
+    only_wrong: bool = field(default=False, metadata={"help": "keep drafts with a wrong answer"})
+    seed: int = 0
+    max_length: int = field(
         default=512,
-        help="training's max_length: every sample is encoded once to check that it fits",
+        metadata={
+            "help": "training's max_length: every sample is encoded once to check that it fits"
+        },
     )
-    p.add_argument("--marker", default=CORRECTION_MARKER, help="training's correction marker")
-    args = p.parse_args(argv)
+    marker: str = field(
+        default=CORRECTION_MARKER, metadata={"help": "training's correction marker"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.variant not in CUT_VARIANTS:
+            raise ValueError(
+                f"variant must be one of {', '.join(CUT_VARIANTS)}, got {self.variant!r}"
+            )
+
+
+def main(argv: list[str] | None = None) -> None:
+    (args,) = parse_config((CorrectionArgs,), argv)
 
     examples, _ = load_examples(args.data, task=args.task, limit=args.limit)
     drafts = read_drafts(args.drafts, {e.id for e in examples})
@@ -387,10 +425,10 @@ def main(argv: list[str] | None = None) -> None:
         encode_correction(
             tokenizer, example, row["draft_ids"], args.max_length, args.marker, truncation
         )
-    write_jsonl(args.out, rows)
+    write_jsonl(args.output, rows)
     print(json.dumps(report))
     print(truncation.summary())
-    print(f"wrote {len(rows)} rows to {args.out}")
+    print(f"wrote {len(rows)} rows to {args.output}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 does: masked (no loss), trained (a target), or, in mode bash, replaced (the input is the model's
 token, the target stays the reference's; both are shown).
 
-    python -m data_tools.inspect --config configs/sft_demo.yaml --n 3
-    python -m data_tools.inspect --config my_bash.yaml --step 200 --n 2 --max_length 256
+    python -m train.inspect --config configs/sft_demo.yaml --n 3
+    python -m train.inspect --config my_bash.yaml --step 200 --n 2 --max_length 256
 
 Any train config works, with the same overrides as `train`. The samples are the first `--n` of
 the global batch of `--step` (the run's data order; world size from WORLD_SIZE, else 1). Mode
@@ -14,24 +14,18 @@ are words, so the output reads without colour; on a terminal they are coloured t
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-from data_tools.interleave import interleave
-from data_tools.schedules import SamplingSchedule
+from data_tools.config import parse_config
 from data_tools.tokenization import IGNORE_INDEX, Encoded
+from methods.scheduled_sampling import interleave
 from runtime.args import DataArgs, ModelArgs
-from runtime.config import parse_config
-from runtime.fingerprint import model_fingerprint, tokenizer_fingerprint
-from runtime.modeling import load_tokenizer
-from train.__main__ import encode
 from train.args import TrainArgs
-from train.batches import BatchPlan
-from train.predictions import load_predictions
+from train.setup import setup
 
 COLOURS = {"masked": "\033[2m", "trained": "\033[32m", "replaced": "\033[31;1m"}
 RESET = "\033[0m"
@@ -85,36 +79,26 @@ def summary(sample_id: str, marks: list[Mark]) -> str:
     )
 
 
+@dataclass
+class InspectArgs:
+    n: int = field(default=3, metadata={"help": "samples to show"})
+    step: int = field(default=0, metadata={"help": "the optimizer step whose batch to show"})
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    model_args, data_args, args, shown_args = parse_config(
+        (ModelArgs, DataArgs, TrainArgs, InspectArgs), argv
     )
-    p.add_argument("--n", type=int, default=3, help="samples to show")
-    p.add_argument("--step", type=int, default=0, help="the optimizer step whose batch to show")
-    own, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
-    model_args, data_args, args = parse_config((ModelArgs, DataArgs, TrainArgs), rest)
-    tokenizer = load_tokenizer(model_args.tokenizer_path())
-    marker = args.correction_marker if args.mode == "rac" else None
-    train_set = encode(tokenizer, data_args, marker=marker, loss_on=args.loss_on)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    plan = BatchPlan(
-        len(train_set), args.micro_batch_size, args.gradient_accumulation_steps, world, args.seed
-    )
-    batch = [train_set[i] for i in plan.global_indices(own.step)[: own.n]]
+    step = shown_args.step
+    run = setup(model_args, data_args, args, int(os.environ.get("WORLD_SIZE", "1")))
+    batch = [run.train_set[i] for i in run.plan.global_indices(step)[: shown_args.n]]
     shown, p_step = batch, None
     if args.mode == "bash":
-        predictions = load_predictions(
-            args.predictions,
-            train_set,
-            tokenizer_fingerprint(tokenizer),
-            model_fingerprint(model_args.model_name_or_path),
-        )
-        schedule = SamplingSchedule.from_args(args)
-        p_step = schedule.p(own.step)
-        shown = [interleave(e, predictions[e.id], p_step, args.seed, own.step)[0] for e in batch]
+        p_step = run.schedule.p(step)
+        shown = [interleave(e, run.predictions[e.id], p_step, args.seed, step)[0] for e in batch]
     colour = sys.stdout.isatty()
     print(
-        f"mode {args.mode}, step {own.step}"
+        f"mode {args.mode}, step {step}"
         + (f", p = {p_step:.4g}" if p_step is not None else "")
         + "; positions: masked (no loss), trained (a target)"
         + (", replaced (input: the model's token; target: the reference's)" if p_step else "")
@@ -122,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     for built, trained in zip(batch, shown, strict=True):
         marks = mark_tokens(built, trained)
         print(summary(built.id, marks))
-        print(render(tokenizer, marks, colour))
+        print(render(run.tokenizer, marks, colour))
 
 
 if __name__ == "__main__":

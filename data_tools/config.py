@@ -1,4 +1,5 @@
 """Configs as data: a YAML file of HF-style dataclass fields, overridden on the command line.
+Every tool parses its options here, the data tools too, so it sits in the lowest layer.
 
 python -m train --config configs/sft_demo.yaml --learning_rate 1e-3
 """
@@ -23,7 +24,7 @@ def parse_config(
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     argv = [a for a in argv if not a.startswith("--local_rank")]
-    parser = HfArgumentParser(dataclass_types)
+    parser = HfArgumentParser(dataclass_types, allow_abbrev=False)  # --out is not --output
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
