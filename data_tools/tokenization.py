@@ -10,6 +10,7 @@ cut is counted and reported.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -55,9 +56,11 @@ class TruncationReport:
 _TEXT = "\x00user text\x00"
 
 
+@functools.lru_cache(maxsize=8)
 def _chat_frame_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
     """The chat template's tokens before the user's text (system turn, user header) and after it
-    (end of turn, generation prompt), the template's special tokens parsed as such."""
+    (end of turn, generation prompt), the template's special tokens parsed as such. Kept per
+    tokenizer: every prompt of a dataset (RAC encodes one at a time) has the same frame."""
     rendered = format_prompt(tokenizer, _TEXT)
     before, found, after = rendered.partition(_TEXT)
     if not found:

@@ -45,6 +45,7 @@ from data_tools.tokenization import (
     prompt_frame,
     prompt_ids,
 )
+from runtime.args import DataArgs
 from runtime.generation import eos_ids, generate_batch
 
 # RAC's marker between the model's draft and the reference. It ends with a newline, like the plain
@@ -383,7 +384,7 @@ class CorrectionArgs:
     only_wrong: bool = field(default=False, metadata={"help": "keep drafts with a wrong answer"})
     seed: int = 0
     max_length: int = field(
-        default=512,
+        default=DataArgs.max_length,
         metadata={
             "help": "training's max_length: every sample is encoded once to check that it fits"
         },

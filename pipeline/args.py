@@ -7,6 +7,7 @@ from pathlib import Path
 
 from data_tools.holdout import HoldoutArgs
 from generate.args import GenerateArgs
+from methods.correction import CorrectionArgs
 from methods.scheduled_sampling import SamplingSchedule
 from runtime.args import DataArgs
 from train.args import TrainArgs
@@ -86,9 +87,9 @@ class PipelineArgs:
             "default: method_examples * rac_mix, as many drafts as correction rows needed"
         },
     )
-    rac_variant: str = "whole"
-    rac_mix: float = 0.25
-    rac_only_wrong: bool = False
+    rac_variant: str = CorrectionArgs.variant
+    rac_mix: float = CorrectionArgs.mix
+    rac_only_wrong: bool = CorrectionArgs.only_wrong
     # wandb: off by default; when set, every stage logs to one group, and the generations are
     # scored by score stages (job type "score") that log their summaries and samples.
     wandb_project: str | None = field(

@@ -14,7 +14,6 @@ are words, so the output reads without colour; on a terminal they are coloured t
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 
@@ -24,6 +23,7 @@ from data_tools.config import parse_config
 from data_tools.tokenization import IGNORE_INDEX, Encoded
 from methods.scheduled_sampling import interleave
 from runtime.args import DataArgs, ModelArgs
+from runtime.planning import world_size
 from train.args import TrainArgs
 from train.setup import setup
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         (ModelArgs, DataArgs, TrainArgs, InspectArgs), argv
     )
     step = shown_args.step
-    run = setup(model_args, data_args, args, int(os.environ.get("WORLD_SIZE", "1")))
+    run = setup(model_args, data_args, args, world_size())
     batch = [run.train_set[i] for i in run.plan.global_indices(step)[: shown_args.n]]
     shown, p_step = batch, None
     if args.mode == "bash":
