@@ -3,6 +3,8 @@ reusing a base plans no base stage."""
 
 from __future__ import annotations
 
+import pytest
+
 from data_tools.config import parse_config
 from pipeline.args import PipelineArgs
 from pipeline.plan import build_plan
@@ -39,3 +41,10 @@ def test_a_run_from_a_base_plans_no_base_stage(tmp_path) -> None:
         "eval_validation_bash": ("bash_round1",),
     }
     assert plan.evaluations["sft_base"] == tmp_path / "base/eval/validation/sft_base.jsonl"
+
+
+def test_a_plan_needs_a_model_and_known_methods() -> None:
+    with pytest.raises(ValueError, match="give model_name_or_path .* or model_config"):
+        build_plan(PipelineArgs(run_dir="runs/x"))
+    with pytest.raises(ValueError, match=r"unknown methods \['dpo'\]"):
+        plan_of("--methods", "sft,dpo")
