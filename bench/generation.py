@@ -1,11 +1,14 @@
 """Generation throughput: `generate`'s batched path against one prompt at a time.
 
     python -m bench.generation [--prompts 64] [--batch_size 64] [--max_new_tokens 64]
+    python -m bench.generation --model_name_or_path models/smollm2-135m-instruct \
+        --data ../shared/data/gsm8k/test.jsonl --prompts 32 --batch_size 16 --max_new_tokens 128
 
 Both paths run greedy decoding with the KV cache on the same model and prompts in the same run:
 one calls transformers' `model.generate` per prompt, the other `runtime.generation.generate_batch`
-on length-sorted batches, as `python -m generate` does. The model is a new tiny-llama (random
-weights: they make no difference to speed); the tokenizer is trained on the synthetic math task.
+on length-sorted batches, as `python -m generate` does. By default the model is a new tiny-llama
+(random weights: they make no difference to speed) with a tokenizer trained on the synthetic math
+task; or a pretrained model on the first prompts of a data file (its chat template applied).
 Prints a markdown snippet for bench/RESULTS.md.
 """
 
@@ -22,12 +25,13 @@ import torch
 import transformers
 
 from data_tools.config import parse_config
+from data_tools.sources import load_examples
 from data_tools.synthetic_math import Difficulty, make_splits
 from data_tools.tokenization import encode_prompts
 from data_tools.tokenizer_training import train_tokenizer
 from runtime import distributed
 from runtime.generation import generate_batch, longest_first
-from runtime.modeling import load_model
+from runtime.modeling import load_model, load_tokenizer
 
 
 def machine() -> str:
@@ -58,6 +62,13 @@ class GenerationBenchArgs:
     model_config: str = field(
         default="configs/models/tiny-llama.json", metadata={"help": "the model (random weights)"}
     )
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "a pretrained model instead of model_config"}
+    )
+    data: str | None = field(
+        default=None,
+        metadata={"help": "prompts from this file (default: the synthetic math task)"},
+    )
 
     def __post_init__(self) -> None:
         for name in ("prompts", "batch_size", "max_new_tokens"):
@@ -69,11 +80,21 @@ def main(argv: list[str] | None = None) -> None:
     (args,) = parse_config((GenerationBenchArgs,), argv)
 
     rows = make_splits({"train": 500, "test": args.prompts}, Difficulty(), seed=0)
-    with tempfile.TemporaryDirectory() as tmp:
-        texts = [t for r in rows["train"] for t in (r["question"], r["answer"])]
-        tokenizer = train_tokenizer(texts, Path(tmp) / "tokenizer")
-    model = load_model(tokenizer, config_file=args.model_config).to(distributed.device()).eval()
-    prompts, _ = encode_prompts(tokenizer, [r["question"] for r in rows["test"]], 256)
+    questions = [r["question"] for r in rows["test"]]
+    if args.data:
+        questions = [e.prompt for e in load_examples(args.data, task="math")[0][: args.prompts]]
+    if args.model_name_or_path:
+        tokenizer = load_tokenizer(args.model_name_or_path)
+        model = load_model(tokenizer, args.model_name_or_path)
+        name = Path(args.model_name_or_path).name
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            texts = [t for r in rows["train"] for t in (r["question"], r["answer"])]
+            tokenizer = train_tokenizer(texts, Path(tmp) / "tokenizer")
+        model = load_model(tokenizer, config_file=args.model_config)
+        name = Path(args.model_config).stem
+    model = model.to(distributed.device()).eval()
+    prompts, _ = encode_prompts(tokenizer, questions, 512)
     n = args.max_new_tokens
 
     def one_at_a_time() -> list[list[int]]:
@@ -102,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"### Generation: batched `generate` vs one prompt at a time\n\n"
         f"{machine()}; torch {torch.__version__}, transformers {transformers.__version__}; "
-        f"{Path(args.model_config).stem} ({params:.1f}M parameters, {model.dtype}), greedy, "
+        f"{name} ({params:.1f}M parameters, {model.dtype}), greedy, "
         f"KV cache, {len(prompts)} prompts of {min(map(len, prompts))}-{max(map(len, prompts))} "
         f"tokens, max_new_tokens={n}.\n\n"
         f"| path | new tokens | seconds | tokens/s |\n|---|---:|---:|---:|\n"

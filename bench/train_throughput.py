@@ -2,6 +2,9 @@
 loop on the same model, the same batches and the same optimizer, measured in the same run.
 
     python -m bench.train_throughput [--steps 60] [--rounds 2]
+    python -m bench.train_throughput --model_name_or_path models/smollm2-135m-instruct \
+        --data ../shared/data/gsm8k/train.jsonl --micro_batch_size 4 --max_length 512 \
+        --steps 12 --skip_steps 2 --rounds 1
 
 Both sides are timed per optimizer step (forward, backward, clipping, AdamW, schedule) and
 summarised by the median over steps after a warm-up; the rounds alternate the two sides so that
@@ -34,23 +37,51 @@ from train.batches import BatchPlan
 
 REPO = Path(__file__).resolve().parents[1]
 
-MICRO, LR, SEED, MAX_LEN, WARMUP = 16, 1e-3, 0, 256, 10
+SEED = 0
 CONFIGS = ("zero0", "zero2")
+TINY = str(REPO / "configs/models/tiny-llama.json")
 
 
-def bare_loop(root: Path, steps: int) -> list[float]:
-    """tokens/s per step of the plain loop (the baseline)."""
-    tokenizer = load_tokenizer(str(root / "tokenizer"))
-    examples, _ = load_examples(str(root / "data/train.jsonl"), task="math")
-    data, _ = encode_examples(tokenizer, examples, MAX_LEN)
-    plan = BatchPlan(len(data), MICRO, 1, 1, SEED)
-    model = load_model(
-        tokenizer, config_file=str(REPO / "configs/models/tiny-llama.json"), seed=SEED
+@dataclass
+class ThroughputArgs:
+    steps: int = field(default=60, metadata={"help": "optimizer steps per run"})
+    skip_steps: int = field(default=10, metadata={"help": "first steps left out of the median"})
+    rounds: int = field(
+        default=2, metadata={"help": "rounds, each timing the bare loop and every config"}
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.95))
-    scheduler = get_scheduler("cosine", optimizer, 0, steps)
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "a pretrained model (default: a new tiny-llama)"}
+    )
+    data: str | None = field(
+        default=None, metadata={"help": "training data (default: the synthetic math task)"}
+    )
+    micro_batch_size: int = 16
+    max_length: int = 256
+    learning_rate: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.steps <= self.skip_steps:
+            raise ValueError(f"steps must be more than skip_steps, got {self.steps}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {self.rounds}")
+
+
+def bare_loop(args: ThroughputArgs, data_file: str, tokenizer_path: str) -> list[float]:
+    """tokens/s per step of the plain loop (the baseline)."""
+    tokenizer = load_tokenizer(tokenizer_path)
+    examples, _ = load_examples(data_file, task="math")
+    data, _ = encode_examples(
+        tokenizer, examples[: args.micro_batch_size * args.steps], args.max_length
+    )
+    plan = BatchPlan(len(data), args.micro_batch_size, 1, 1, SEED)
+    if args.model_name_or_path:
+        model = load_model(tokenizer, args.model_name_or_path)
+    else:
+        model = load_model(tokenizer, config_file=TINY, seed=SEED)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(0.9, 0.95))
+    scheduler = get_scheduler("cosine", optimizer, 0, args.steps)
     rates = []
-    for step in range(steps):
+    for step in range(args.steps):
         started = time.perf_counter()
         batch = [data[i] for i in plan.global_indices(step)]
         loss = model(**pad_right(batch, tokenizer.pad_token_id)).loss
@@ -64,50 +95,54 @@ def bare_loop(root: Path, steps: int) -> list[float]:
     return rates
 
 
-def train_entrypoint(root: Path, steps: int, out: Path, config: str) -> list[float]:
-    args = [
-        "--model_config", "configs/models/tiny-llama.json", "--tokenizer", str(root / "tokenizer"),
-        "--data", str(root / "data/train.jsonl"), "--max_length", str(MAX_LEN),
-        "--output_dir", str(out), "--deepspeed_config", f"ds_configs/{config}.json", "--precision", "fp32",
-        "--micro_batch_size", str(MICRO), "--max_steps", str(steps), "--learning_rate", str(LR),
-        "--seed", str(SEED), "--export", "false", "--resume", "false",
+def train_entrypoint(
+    args: ThroughputArgs, data_file: str, tokenizer_path: str, out: Path, config: str
+) -> list[float]:
+    if args.model_name_or_path:
+        model = ["--model_name_or_path", args.model_name_or_path]
+    else:
+        model = ["--model_config", TINY, "--tokenizer", tokenizer_path]
+    argv = [
+        *model, "--data", data_file, "--limit", str(args.micro_batch_size * args.steps),
+        "--max_length", str(args.max_length), "--output_dir", str(out),
+        "--deepspeed_config", f"ds_configs/{config}.json", "--precision", "fp32",
+        "--micro_batch_size", str(args.micro_batch_size), "--max_steps", str(args.steps),
+        "--learning_rate", str(args.learning_rate), "--seed", str(SEED),
+        "--export", "false", "--resume", "false",
     ]  # fmt: skip
     subprocess.run(
-        [sys.executable, "-m", "train", *args], cwd=REPO, check=True, capture_output=True
+        [sys.executable, "-m", "train", *argv], cwd=REPO, check=True, capture_output=True
     )
     return [json.loads(line)["train/tokens_per_s"] for line in (out / "metrics.jsonl").open()]
-
-
-@dataclass
-class ThroughputArgs:
-    steps: int = field(default=60, metadata={"help": "optimizer steps per run"})
-    rounds: int = field(
-        default=2, metadata={"help": "rounds, each timing the bare loop and every config"}
-    )
-
-    def __post_init__(self) -> None:
-        if self.steps <= WARMUP:
-            raise ValueError(
-                f"steps must be more than the {WARMUP} warm-up steps, got {self.steps}"
-            )
-        if self.rounds < 1:
-            raise ValueError(f"rounds must be at least 1, got {self.rounds}")
 
 
 def main(argv: list[str] | None = None) -> None:
     (args,) = parse_config((ThroughputArgs,), argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_splits(root / "data", {"train": MICRO * args.steps}, Difficulty(), seed=SEED)
-        rows = [json.loads(line) for line in (root / "data/train.jsonl").open()]
-        train_tokenizer((t for r in rows for t in (r["question"], r["answer"])), root / "tokenizer")
-        bare, ours = [], {c: [] for c in CONFIGS}
+        data_file, tokenizer_path = args.data, args.model_name_or_path
+        if data_file is None:
+            data_file = str(root / "data/train.jsonl")
+            write_splits(
+                root / "data", {"train": args.micro_batch_size * args.steps}, Difficulty(), SEED
+            )
+        if tokenizer_path is None:
+            tokenizer_path = str(root / "tokenizer")
+            examples, _ = load_examples(data_file, task="math")
+            train_tokenizer((t for e in examples for t in (e.prompt, e.response)), tokenizer_path)
+        skip, bare, ours = args.skip_steps, [], {c: [] for c in CONFIGS}
         for r in range(args.rounds):
-            bare += bare_loop(root, args.steps)[WARMUP:]
+            bare += bare_loop(args, data_file, tokenizer_path)[skip:]
             for c in CONFIGS:
-                ours[c] += train_entrypoint(root, args.steps, root / f"{c}-{r}", c)[WARMUP:]
+                out = root / f"{c}-{r}"
+                ours[c] += train_entrypoint(args, data_file, tokenizer_path, out, c)[skip:]
     b = statistics.median(bare)
-    print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    model = Path(args.model_name_or_path or TINY).name
+    print(
+        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"{model}, micro batch {args.micro_batch_size}, fp32, {args.steps} steps per run, "
+        f"the first {skip} left out, {args.rounds} round(s)\n"
+    )
     print("| run | tokens/s (median) | ratio to the bare loop |")
     print("|---|---:|---:|")
     print(f"| bare PyTorch loop | {b:,.0f} | 1.00 |")

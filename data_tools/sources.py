@@ -45,8 +45,13 @@ def _text(row: Row, key: str, where: str, *, optional: bool = False, field: str 
 
 
 def _gsm8k(row: Row, where: str) -> Adapted:
-    meta = {"num_steps": row["num_steps"]} if row.get("num_steps") is not None else {}
-    return _text(row, "question", where), _text(row, "answer", where), meta
+    """A question and its worked answer. The number of reasoning steps (for accuracy by problem
+    length) is the row's `num_steps`, or else the answer's lines before GSM8K's "####" line."""
+    question, answer = _text(row, "question", where), _text(row, "answer", where)
+    steps = row.get("num_steps")
+    if steps is None:
+        steps = sum(1 for line in answer.split("####")[0].splitlines() if line.strip())
+    return question, answer, {"num_steps": steps}
 
 
 def _tldr(row: Row, where: str) -> Adapted:

@@ -46,11 +46,22 @@ class PipelineArgs:
             "help": "the split every model is evaluated on: test (once, for results) or validation (tuning)"
         },
     )
+    report_examples: int | None = field(
+        default=None,
+        metadata={"help": "evaluate on the first N of the report split (default: all)"},
+    )
+    max_eval_examples: int = field(
+        default=TrainArgs.max_eval_examples,
+        metadata={"help": "validation examples of each training's eval loss"},
+    )
     # The model: a pretrained one, or a new one from a config with a tokenizer trained on the data.
     model_name_or_path: str | None = None
     model_config: str | None = None
     deepspeed_config: str = TrainArgs.deepspeed_config
     micro_batch_size: int = TrainArgs.micro_batch_size
+    # LoRA on every training stage (each export merged, so the next stage starts from a plain model)
+    lora_rank: int = TrainArgs.lora_rank
+    lora_target_modules: str = TrainArgs.lora_target_modules
     sft_steps: int = field(
         default=500, metadata={"help": "steps of the SFT model the methods start from"}
     )

@@ -94,7 +94,9 @@ class Builder:
                 *("--seed", str(a.seed), "--max_length", str(a.max_length)),
                 *("--micro_batch_size", str(a.micro_batch_size)),
                 *("--deepspeed_config", a.deepspeed_config, "--task", "math"),
-                *("--eval_data", str(self.splits["validation"]), "--max_eval_examples", "256"),
+                *("--eval_data", str(self.splits["validation"])),
+                *("--max_eval_examples", str(a.max_eval_examples)),
+                *self.lora(),
                 *self.tracking(name),
                 *extra,  # later options win: a method may set its own data or seed
             ],
@@ -117,6 +119,12 @@ class Builder:
             distributed=True,
         )
         return out
+
+    def lora(self) -> list[str]:
+        a = self.args
+        if a.lora_rank == 0:
+            return []
+        return ["--lora_rank", str(a.lora_rank), "--lora_target_modules", a.lora_target_modules]
 
     def method_train(self, name: str, out: Path, *extra: str) -> Path:
         """A method's training from the SFT base: the same examples, steps and rate for all."""
@@ -255,17 +263,27 @@ METHODS: dict[str, Callable[[Builder], Path]] = {
 
 
 def evaluation_stages(b: Builder, models: dict[str, Path]) -> dict[str, Path]:
-    """Every model greedy on the chosen split, RAC also drafting then correcting; with wandb,
-    each evaluation scored into its own run."""
-    split, name = b.splits[b.args.report_split], b.args.report_split
+    """Every model greedy on the chosen split (a pretrained start too: its zero-shot row), RAC
+    also drafting then correcting; with wandb, each evaluation scored into its own run."""
+    a = b.args
+    split, name = b.splits[a.report_split], a.report_split
+    limit = ["--limit", str(a.report_examples)] if a.report_examples else []
+    base_models = {"sft_base": b.sft}
+    if a.model_name_or_path:
+        base_models = {"pretrained": Path(a.model_name_or_path), **base_models}
     evaluations = {
-        "sft_base": b.generate(
-            f"eval_{name}_sft_base", b.sft, split, b.base / "eval" / name / "sft_base.jsonl"
+        model: b.generate(
+            f"eval_{name}_{model}", path, split, b.base / "eval" / name / f"{model}.jsonl", *limit
         )
+        for model, path in base_models.items()
     }
     for method, model in models.items():
         evaluations[method] = b.generate(
-            f"eval_{name}_{method}", model, split, b.run / "eval" / name / f"{method}.jsonl"
+            f"eval_{name}_{method}",
+            model,
+            split,
+            b.run / "eval" / name / f"{method}.jsonl",
+            *limit,
         )
     if "rac" in models:
         evaluations["rac_self_correct"] = b.generate(
@@ -274,6 +292,7 @@ def evaluation_stages(b: Builder, models: dict[str, Path]) -> dict[str, Path]:
             split,
             b.run / "eval" / name / "rac_self_correct.jsonl",
             *("--self_correct", "true"),
+            *limit,
         )
     if b.args.wandb_project:
         for model, path in evaluations.items():

@@ -18,6 +18,7 @@ from runtime.tracking import Tracker
 # The stages whose wall time is each reported model's training cost (the SFT base, which every
 # method starts from, is reported on its own line).
 COSTS = {
+    "pretrained": (),
     "sft_base": ("sft_base",),
     "sft": ("sft",),
     "rac": ("rac_drafts", "rac_build", "rac"),
@@ -34,6 +35,8 @@ def _cost_stages(name: str, timings: dict[str, float]) -> list[str]:
 
 def _metrics_files(run: Path, base: Path, name: str) -> list[Path]:
     """The metrics.jsonl of the training that made a reported model (BASH: every round's)."""
+    if name == "pretrained":
+        return []
     if name == "sft_base":
         return [base / "sft_base" / "metrics.jsonl"]
     if name == "bash":
@@ -103,7 +106,7 @@ def method_curves(run: Path, base: Path, names: list[str]) -> dict[str, list[dic
     start from, and RAC's second inference mode have no curve of their own here)."""
     curves = {}
     for name in names:
-        if name in ("sft_base", "rac_self_correct"):
+        if name in ("pretrained", "sft_base", "rac_self_correct"):
             continue
         rows: list[dict] = []
         for f in _metrics_files(run, base, name):

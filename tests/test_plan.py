@@ -48,3 +48,18 @@ def test_a_plan_needs_a_model_and_known_methods() -> None:
         build_plan(PipelineArgs(run_dir="runs/x"))
     with pytest.raises(ValueError, match=r"unknown methods \['dpo'\]"):
         plan_of("--methods", "sft,dpo")
+
+
+def test_a_pretrained_start_is_evaluated_and_lora_reaches_every_training() -> None:
+    (args,) = parse_config((PipelineArgs,), ["--config", "configs/smollm2_gsm8k.yaml"])
+    plan = build_plan(args)
+    stages = {s.name: s for s in plan.stages}
+    assert list(plan.evaluations)[:2] == ["pretrained", "sft_base"]  # the zero-shot row first
+    assert stages["eval_test_pretrained"].after == ()  # the given model: no stage makes it
+    assert stages["sft_base"].after == ("holdout",)  # GSM8K has no validation split
+    for stage in plan.stages:
+        args = dict(zip(stage.args[::2], stage.args[1::2], strict=False))
+        if stage.module == "train":
+            assert args["--lora_rank"] == "16" and args["--max_eval_examples"] == "32"
+        if stage.name.startswith("eval_"):
+            assert args["--limit"] == "50"

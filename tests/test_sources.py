@@ -38,12 +38,16 @@ def gsm8k_row(i: int, **extra) -> dict:
 
 
 def test_gsm8k_jsonl(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "g.jsonl", [gsm8k_row(0, num_steps=1), "", gsm8k_row(1)])
+    two_steps = {"answer": "3+1=<<3+1=4>>4\n4*2=<<4*2=8>>8\n\n#### 8"}
+    rows = [gsm8k_row(0, num_steps=5), "", gsm8k_row(1), gsm8k_row(2, **two_steps)]
+    path = write_jsonl(tmp_path / "g.jsonl", rows)
     examples, skipped = load_examples(str(path), task="math")
     assert skipped == 0
-    first, second = examples
+    first, second, third = examples
     assert first.prompt == "How many apples, case 0?" and first.response.endswith("#### 3")
-    assert first.task == "math" and first.meta == {"num_steps": 1} and second.meta == {}
+    # num_steps: the row's own, else the answer's reasoning lines (blank lines not counted)
+    assert first.task == "math" and first.meta == {"num_steps": 5}
+    assert second.meta == {"num_steps": 1} and third.meta == {"num_steps": 2}
     assert first.origin == f"{path}:1" and second.origin == f"{path}:3"  # the blank line counts
 
 
