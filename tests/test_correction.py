@@ -298,7 +298,10 @@ def test_cli_round_trip(tokenizer: PreTrainedTokenizerBase, tmp_path: Path, caps
     printed = capsys.readouterr().out
     assert '"kept": 3' in printed and "wrote 6 rows" in printed
 
-    examples = [Example(f"ex{i}", QUESTION, REFERENCE, "math") for i in range(3)]
+    # as the loader reads them: GSM8K rows carry their reference's number of reasoning lines
+    examples = [
+        Example(f"ex{i}", QUESTION, REFERENCE, "math", meta={"num_steps": 1}) for i in range(3)
+    ]
     expected, _ = build_rac_samples(
         tokenizer, examples, drafts, variant="first_divergence", mix=0.5, only_wrong=True, seed=3
     )
