@@ -30,6 +30,7 @@ from pathlib import Path
 
 from data_tools.atomic import write_json
 from data_tools.config import parse_config
+from data_tools.errors import run_tool
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/compare_demo.yaml"
@@ -234,4 +235,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -25,6 +25,7 @@ import torch
 import transformers
 
 from data_tools.config import parse_config
+from data_tools.errors import run_tool
 from data_tools.sources import load_examples
 from data_tools.synthetic_math import Difficulty, make_splits
 from data_tools.tokenization import encode_prompts
@@ -135,4 +136,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

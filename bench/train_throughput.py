@@ -28,6 +28,7 @@ from transformers import get_scheduler
 
 from data_tools.collate import pad_right
 from data_tools.config import parse_config
+from data_tools.errors import run_tool
 from data_tools.sources import load_examples
 from data_tools.synthetic_math import Difficulty, write_splits
 from data_tools.tokenization import encode_examples
@@ -152,4 +153,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from data_tools.atomic import atomic_dir, write_jsonl
 from data_tools.config import parse_config
+from data_tools.errors import run_tool
+from data_tools.schema import DataError
 from data_tools.sources import jsonl_objects
 
 
@@ -30,6 +32,8 @@ class HoldoutArgs:
 
 def holdout(data: str | Path, validation_size: int, seed: int, output_dir: str | Path) -> None:
     rows = [row for _, row in jsonl_objects(data)]
+    if not rows:
+        raise DataError(str(data), None, "no rows to split")
     if not 0 < validation_size < len(rows):
         raise ValueError(
             f"validation_size must be between 1 and {len(rows) - 1} (the rows of {data}), "
@@ -52,4 +56,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -132,6 +132,8 @@ def _read_generations(path: Path, task: str, fields: Sequence[str]) -> list[dict
         for key in fields:
             if not isinstance(row.get(key), str):
                 raise DataError(where, key, "missing or not a string")
+            if key != "generation" and not row[key].strip():  # a model may generate nothing
+                raise DataError(where, key, "empty or whitespace only")
         if row["id"] in seen:  # e.g. a resumed run that appended: would count twice
             raise DataError(where, "id", f"duplicate id {row['id']!r}, first at {seen[row['id']]}")
         if task == "math" and extract_answer(row["reference"]) is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import datasets
 from datasets.exceptions import DatasetsError
 
+from data_tools.errors import non_finite, open_input
 from data_tools.schema import TASKS, DataError, Example
 
 log = logging.getLogger(__name__)
@@ -44,11 +46,25 @@ def _text(row: Row, key: str, where: str, *, optional: bool = False, field: str 
     return value
 
 
+def _count(row: Row, key: str, where: str) -> int | None:
+    """A non-negative integer field, or None when absent. A float column of a .json or .parquet
+    file holds whole numbers as 3.0 (taken as 3); NaN, infinities, fractions, booleans and
+    negatives are refused: written on to a jsonl file, NaN would not even be JSON."""
+    value = row.get(key)
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DataError(where, key, f"expected a non-negative integer, got {value!r}")
+    return value
+
+
 def _gsm8k(row: Row, where: str) -> Adapted:
     """A question and its worked answer. The number of reasoning steps (for accuracy by problem
     length) is the row's `num_steps`, or else the answer's lines before GSM8K's "####" line."""
     question, answer = _text(row, "question", where), _text(row, "answer", where)
-    steps = row.get("num_steps")
+    steps = _count(row, "num_steps", where)
     if steps is None:
         steps = sum(1 for line in answer.split("####")[0].splitlines() if line.strip())
     return question, answer, {"num_steps": steps}
@@ -147,7 +163,7 @@ def _row_id(row: Row, where: str) -> str | None:
 def jsonl_rows(path: Path) -> Iterator[tuple[str, Row | DataError]]:
     """Our own reader, so that every error names its line. Bad lines are yielded as errors so
     that the caller can skip them and go on."""
-    with path.open("rb") as f:
+    with open_input(path) as f:
         for lineno, raw in enumerate(f, 1):
             where = f"{path}:{lineno}"
             try:
@@ -168,6 +184,12 @@ def jsonl_rows(path: Path) -> Iterator[tuple[str, Row | DataError]]:
                     DataError(where, None, f"expected a JSON object, got {type(row).__name__}"),
                 )
                 continue
+            if (field := non_finite(row)) is not None:
+                yield (
+                    where,
+                    DataError(where, field, "not a finite number (NaN and Infinity are not JSON)"),
+                )
+                continue
             yield where, row
 
 
@@ -177,6 +199,36 @@ def jsonl_objects(path: str | Path) -> Iterator[tuple[str, Row]]:
         if isinstance(row, DataError):
             raise row
         yield where, row
+
+
+def unique_id(row: Row, where: str, seen: dict[str, str]) -> str:
+    """The "id" of a row of our own files (drafts, predictions): a non-blank string, not in
+    `seen` (id -> where, which this fills): a second row for an id would replace the first."""
+    row_id = row.get("id")
+    if not isinstance(row_id, str) or not row_id.strip():
+        raise DataError(where, "id", f"expected a non-blank string, got {row_id!r}")
+    if row_id in seen:
+        raise DataError(where, "id", f"duplicate id {row_id!r}, first at {seen[row_id]}")
+    seen[row_id] = where
+    return row_id
+
+
+def token_ids(value: object, where: str, field: str, vocab_size: int) -> list[int]:
+    """`value` checked as the token ids of a vocabulary of `vocab_size`: a list of integers in
+    [0, vocab_size). A float (even 3.0), a boolean or an id outside the vocabulary is refused,
+    never rounded, kept or clipped: it would put another token, or none, into a training context."""
+    if not isinstance(value, list):
+        raise DataError(where, field, f"expected a list of token ids, got {type(value).__name__}")
+    for i, token in enumerate(value):
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise DataError(where, f"{field}[{i}]", f"expected an integer token id, got {token!r}")
+        if not 0 <= token < vocab_size:
+            raise DataError(
+                where,
+                f"{field}[{i}]",
+                f"token id {token} is outside the vocabulary (0 to {vocab_size - 1})",
+            )
+    return value
 
 
 def _rows(source: str, name: str | None, split: str) -> Iterator[tuple[str, Row | DataError]]:
@@ -199,7 +251,10 @@ def _rows(source: str, name: str | None, split: str) -> Iterator[tuple[str, Row 
         for i, row in enumerate(ds):
             yield f"{source}[row {i}]", row
         return
-    ds = datasets.load_dataset(source, name, split=split)
+    try:
+        ds = datasets.load_dataset(source, name, split=split)
+    except (DatasetsError, OSError, ValueError) as e:
+        raise DataError(source, None, f"no such file, nor a dataset that loads: {e}") from e
     for i, row in enumerate(ds):
         yield f"{source}[{split}] row {i}", row
 
@@ -223,8 +278,8 @@ def load_examples(
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be non-negative, got {limit}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
     examples: list[Example] = []
     seen: dict[str, str] = {}
     skipped = 0
@@ -250,4 +305,7 @@ def load_examples(
             continue
         seen[id_] = where
         examples.append(Example(id_, prompt, response, task, where, meta))
+    if not examples:  # an empty file would make an empty output, and a run of nothing
+        why = f": all {skipped} rows are invalid (skip_invalid)" if skipped else ""
+        raise DataError(source, None, f"no examples{why}")
     return examples, skipped

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from data_tools.atomic import write_json, write_jsonl
 from data_tools.config import parse_config
+from data_tools.errors import run_tool
 
 NAMES = ("Tom", "Ana", "Ravi", "Mia", "Leo", "Zoe", "Sam", "Ivy", "Omar", "Lena")
 ITEMS = ("apples", "coins", "books", "stamps", "shells", "cards", "marbles", "pens")
@@ -164,4 +165,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -171,6 +171,8 @@ def encode_examples(
     if loss_on not in LOSS_ON:
         raise ValueError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
     report = TruncationReport(examples=len(examples))
+    if not examples:  # the tokenizer cannot take an empty batch (IndexError)
+        return [], report
     prompts, frame = prompt_ids(tokenizer, [e.prompt for e in examples]), prompt_frame(tokenizer)
     responses = [e.response for e in examples]
     responses = tokenizer(responses, add_special_tokens=False, split_special_tokens=True)[
@@ -214,6 +216,8 @@ def encode_prompts(
 ) -> tuple[list[list[int]], int]:
     """Tokenize prompts for generation, cutting each from the left to `max_prompt_length`.
     Returns the ids and how many prompts were cut."""
+    if not prompts:  # the tokenizer cannot take an empty batch (IndexError)
+        return [], 0
     ids, frame = prompt_ids(tokenizer, prompts), prompt_frame(tokenizer)
     cut = sum(len(x) > max_prompt_length for x in ids)
     return [frame.cut(x, max_prompt_length) for x in ids], cut

@@ -20,6 +20,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from data_tools.atomic import atomic_dir
 from data_tools.config import parse_config
+from data_tools.errors import run_tool
+from data_tools.schema import DataError
+from data_tools.sources import jsonl_objects
 
 SPECIAL = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
 
@@ -63,9 +66,8 @@ def train_tokenizer(
 def _texts(paths: list[str]) -> Iterable[str]:
     """Every string field of every jsonl row: prompts and references alike."""
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                yield from (v for v in json.loads(line).values() if isinstance(v, str))
+        for _, row in jsonl_objects(path):  # a bad line is a DataError naming it
+            yield from (v for v in row.values() if isinstance(v, str))
 
 
 @dataclass
@@ -83,9 +85,13 @@ class TokenizerArgs:
 
 def main(argv: list[str] | None = None) -> None:
     (args,) = parse_config((TokenizerArgs,), argv)
-    tokenizer = train_tokenizer(_texts(args.data), args.output_dir, args.vocab_size)
+    # Read (and checked) first: sentencepiece turns an error in its input into a RuntimeError.
+    texts = list(_texts(args.data))
+    if not texts:
+        raise DataError(", ".join(args.data), None, "no text to train on")
+    tokenizer = train_tokenizer(texts, args.output_dir, args.vocab_size)
     print(f"saved a {len(tokenizer)}-token tokenizer to {args.output_dir}")
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

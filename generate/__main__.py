@@ -10,6 +10,10 @@ end rank 0 merges everything, in input order, into `<output>` (atomically) and r
 parts. A run whose `<output>` already holds every id does nothing. Resuming assumes the same
 model and decoding options: nothing checks that the parts were made with them.
 
+SIGTERM or SIGUSR1 (runtime/stopping.py) ends each rank after the batch it is generating, with
+its parts intact, and exit status 75: a rerun goes on from there. Rank 0 holds `<output>.lock`
+while it runs: a second generation into the same output refuses.
+
 One line per example: {"id", "prompt", "reference", "generation", "generation_ids", "task",
 "meta"}. `generation_ids` are the new tokens up to and including the first EOS (absent when
 `max_new_tokens` cut the generation short), never padding; `generation` is their text without
@@ -36,7 +40,8 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from data_tools.atomic import write_jsonl
 from data_tools.config import parse_config
-from data_tools.schema import DataError, Example
+from data_tools.errors import run_tool
+from data_tools.schema import Example
 from generate.args import GenerateArgs
 from generate.dry_run import plan_generate
 from generate.inputs import Inputs, build_inputs, check_positions
@@ -47,7 +52,9 @@ from runtime.args import DataArgs, ModelArgs
 from runtime.ds_config import DTYPES, resolve_precision
 from runtime.fingerprint import model_fingerprint, tokenizer_fingerprint
 from runtime.generation import eos_ids, example_seed, generate_batch, longest_first
+from runtime.lock import hold
 from runtime.modeling import load_model, load_tokenizer
+from runtime.stopping import STOPPED, requested
 from runtime.tracking import Tracker
 
 
@@ -151,7 +158,9 @@ def main(argv: list[str] | None = None) -> None:
         plan_generate(model_args, data_args, args, examples, {**done, **read_parts(parts)})
         return
     precision = resolve_precision(args.precision)
+    stop = requested()  # SIGTERM, SIGUSR1: acted on between batches
     rank, world = distributed.init()
+    hold(Path(f"{output}.lock"), output)
     if set(done) >= {e.id for e in examples}:
         if distributed.is_main():
             print(f"{output} already holds all {len(examples)} examples", flush=True)
@@ -213,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
             ) as bar,
         ):
             for start in range(0, len(shard), args.batch_size):
+                if stop:
+                    break
                 indices = shard[start : start + args.batch_size]
                 batch = [todo[i] for i in indices]
                 rows = generate_rows(model, tokenizer, args, batch, inputs, indices)
@@ -220,6 +231,14 @@ def main(argv: list[str] | None = None) -> None:
                 part.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
                 part.flush()
                 bar.update(len(batch))
+        if stop:  # each rank stops on its own: generation has no collective to agree in
+            print(
+                f"{stop.reason}: rank {rank} stopped between batches, the finished ones in "
+                f"{parts}; exiting with {STOPPED}",
+                flush=True,
+            )
+            tracker.finish()
+            raise SystemExit(STOPPED)
 
     # Rank 0 merges once every rank has finished its shard.
     distributed.barrier()
@@ -240,7 +259,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DataError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from e
+    run_tool(main)

@@ -37,6 +37,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from data_tools.atomic import write_json
 from data_tools.collate import pad_right
 from data_tools.config import parse_config
+from data_tools.errors import run_tool
 from data_tools.tokenization import IGNORE_INDEX, Encoded, encode_examples
 from generate.args import GenerateArgs
 from runtime import distributed
@@ -306,4 +307,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -26,6 +26,7 @@ from typing import Any
 
 from data_tools.atomic import write_json, write_jsonl
 from data_tools.config import parse_config
+from data_tools.errors import run_tool
 from data_tools.scoring import JUDGED_TASKS, PICKS, ROUGE_TYPES, SCORED_TASKS, score_file
 from data_tools.sources import jsonl_objects
 from generate.judge import DEFAULT_JUDGE, DEFAULT_PROMPT, PairwiseJudge
@@ -169,4 +170,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -34,9 +34,10 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from data_tools.atomic import write_jsonl
 from data_tools.config import parse_config
+from data_tools.errors import run_tool
 from data_tools.schema import TASKS, DataError, Example
 from data_tools.scoring import math_exact_match
-from data_tools.sources import jsonl_objects, load_examples
+from data_tools.sources import jsonl_objects, load_examples, token_ids, unique_id
 from data_tools.tokenization import (
     IGNORE_INDEX,
     Encoded,
@@ -315,47 +316,45 @@ def _row(
     }
 
 
-def _is_token_list(value: object) -> bool:
-    return isinstance(value, list) and all(
-        isinstance(t, int) and not isinstance(t, bool) for t in value
-    )
-
-
-def read_drafts(path: str | Path, known_ids: set[str]) -> dict[str, list[list[int]]]:
+def read_drafts(
+    path: str | Path, known_ids: set[str], vocab_size: int
+) -> dict[str, list[list[int]]]:
     """Drafts from a generation jsonl (rows with "id" and "generation_ids"), grouped by example:
     by meta.source_id when a row has one (several samples per prompt), else by its id. A draft
-    for an id not in `known_ids` is refused with its file and line."""
+    for an id not in `known_ids`, a token id that is not an integer of the tokenizer's
+    `vocab_size` (it would be written into the training file) and a file without drafts are
+    refused with the file (and line)."""
     drafts: dict[str, list[list[int]]] = {}
     seen: dict[str, str] = {}
     for where, row in jsonl_objects(path):
-        row_id, ids = row.get("id"), row.get("generation_ids")
-        if not isinstance(row_id, str):
-            raise DataError(where, "id", "missing or not a string")
-        if row_id in seen:
-            raise DataError(where, "id", f"duplicate id {row_id!r}, first at {seen[row_id]}")
-        seen[row_id] = where
-        if not _is_token_list(ids):
-            raise DataError(where, "generation_ids", "missing or not a list of integers")
+        row_id = unique_id(row, where, seen)
+        ids = token_ids(row.get("generation_ids"), where, "generation_ids", vocab_size)
         meta = row.get("meta")
-        source = meta.get("source_id", row_id) if isinstance(meta, dict) else row_id
+        if meta is not None and not isinstance(meta, dict):
+            raise DataError(where, "meta", f"expected an object, got {type(meta).__name__}")
+        source = row_id
+        if meta and "source_id" in meta:
+            source = meta["source_id"]
+            if not isinstance(source, str) or not source.strip():
+                raise DataError(
+                    where, "meta.source_id", f"expected a non-blank string, got {source!r}"
+                )
         if source not in known_ids:
             raise DataError(where, "id", f"{source!r} is not an example of the data")
         drafts.setdefault(source, []).append(ids)
+    if not drafts:
+        raise DataError(str(path), None, "no drafts")
     return drafts
 
 
-def read_draft_ids(path: str | Path) -> dict[str, list[int] | None]:
-    """The "draft_ids" of every row written by the CLI, by row id (None for a plain sample).
-    The rows themselves load as examples with `load_examples` (format "plain")."""
+def read_draft_ids(path: str | Path, vocab_size: int) -> dict[str, list[int] | None]:
+    """The "draft_ids" of every row written by the CLI, by row id (None for a plain sample),
+    each token an integer id of the tokenizer's `vocab_size`. The rows themselves load as
+    examples with `load_examples` (format "plain")."""
     drafts: dict[str, list[int] | None] = {}
     seen: dict[str, str] = {}
     for where, row in jsonl_objects(path):
-        row_id = row.get("id")
-        if not isinstance(row_id, str):
-            raise DataError(where, "id", "missing or not a string")
-        if row_id in seen:
-            raise DataError(where, "id", f"duplicate id {row_id!r}, first at {seen[row_id]}")
-        seen[row_id] = where
+        row_id = unique_id(row, where, seen)
         if "draft_ids" not in row:
             raise DataError(
                 where,
@@ -363,9 +362,9 @@ def read_draft_ids(path: str | Path) -> dict[str, list[int] | None]:
                 "missing (null for a plain sample); RAC data is made by python -m methods.correction",
             )
         draft = row["draft_ids"]
-        if draft is not None and not _is_token_list(draft):
-            raise DataError(where, "draft_ids", "expected null or a list of integers")
-        drafts[row_id] = draft
+        drafts[row_id] = None if draft is None else token_ids(draft, where, "draft_ids", vocab_size)
+    if not drafts:
+        raise DataError(str(path), None, "no RAC rows")
     return drafts
 
 
@@ -406,8 +405,8 @@ def main(argv: list[str] | None = None) -> None:
     (args,) = parse_config((CorrectionArgs,), argv)
 
     examples, _ = load_examples(args.data, task=args.task, limit=args.limit)
-    drafts = read_drafts(args.drafts, {e.id for e in examples})
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)  # its vocabulary checks the drafts
+    drafts = read_drafts(args.drafts, {e.id for e in examples}, len(tokenizer))
     rows, report = build_rac_samples(
         tokenizer,
         examples,
@@ -418,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
     )
     if not rows:
-        raise SystemExit(f"no correction samples to write: {json.dumps(report)}")
+        raise DataError(args.drafts, None, f"no correction samples to write: {json.dumps(report)}")
     truncation = CorrectionReport()
     by_id = {e.id: e for e in examples}
     for row in rows:
@@ -433,4 +432,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

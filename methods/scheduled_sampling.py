@@ -55,7 +55,7 @@ import torch
 
 from data_tools.collate import pad_right
 from data_tools.schema import DataError
-from data_tools.sources import jsonl_objects
+from data_tools.sources import jsonl_objects, token_ids, unique_id
 from data_tools.tokenization import IGNORE_INDEX, Encoded
 
 SCHEDULE_KINDS = ("constant", "linear", "inverse_sigmoid", "exponential")
@@ -217,16 +217,22 @@ def teacher_forced_predictions(
 
 
 def load_predictions(
-    path: str, train_set: list[Encoded], tokenizer_fp: str, model_fp: str
+    path: str, train_set: list[Encoded], tokenizer_fp: str, model_fp: str, vocab_size: int
 ) -> dict[str, list[int]]:
     """The model's token at every response position of every training example, by id.
 
     Rows with "predictions" come from `generate --teacher_forced true` (the default variant);
-    rows with "generation_ids" from a free-running generation, aligned by position.
+    rows with "generation_ids" from a free-running generation, aligned by position. Every row
+    is checked, whether or not its example is trained on: an id that is a non-blank string and
+    appears once, the fingerprints, and tokens that are integer ids of the tokenizer's
+    `vocab_size` (a float would be cut to an int, an id out of the vocabulary would crash the
+    run at the step that draws it).
     """
     by_id = {e.id: e for e in train_set}
     out: dict[str, list[int]] = {}
+    seen: dict[str, str] = {}
     for where, row in jsonl_objects(path):
+        row_id = unique_id(row, where, seen)
         for field, expected, what in (
             ("tokenizer_fingerprint", tokenizer_fp, "another tokenizer than this run's"),
             ("model_fingerprint", model_fp, "other weights than those this run starts from"),
@@ -237,24 +243,26 @@ def load_predictions(
                     field,
                     f"made with {what} ({row.get(field)} != {expected}); regenerate them",
                 )
-        example = by_id.get(row["id"])
-        if example is None:
-            continue  # predictions for examples this run does not train on
-        if "predictions" in row:
-            tokens = row["predictions"]
-        elif "generation_ids" in row:
-            tokens = align_free_running(example, row["generation_ids"])
-        else:
+        field = next((f for f in ("predictions", "generation_ids") if f in row), None)
+        if field is None:
             raise DataError(
                 where, "predictions", "missing (neither predictions nor generation_ids)"
             )
+        tokens = token_ids(row[field], where, field, vocab_size)
+        example = by_id.get(row_id)
+        if example is None:
+            continue  # predictions for examples this run does not train on
+        if field == "generation_ids":
+            tokens = align_free_running(example, tokens)
         if len(tokens) != len(response_positions(example)):
             raise DataError(
                 where,
-                "predictions",
+                field,
                 f"{len(tokens)} tokens for {len(response_positions(example))} response positions",
             )
-        out[row["id"]] = tokens
+        out[row_id] = tokens
+    if not seen:
+        raise DataError(path, None, "no predictions")
     missing = [e.id for e in train_set if e.id not in out]
     if missing:
         raise DataError(

@@ -11,6 +11,9 @@ from pathlib import Path
 import deepspeed
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
+from torch.utils.cpp_extension import get_default_build_root
+
+from runtime.lock import exclusive
 
 
 def free_port() -> int:
@@ -27,12 +30,36 @@ def init() -> tuple[int, int]:
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
+    _load_shm_op()
     deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
     _unlink_shm_buffer()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if get_accelerator().device_name() != "cpu":
         get_accelerator().set_device(local_rank)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _load_shm_op() -> None:
+    """Build (on first use) and load DeepSpeed's shared-memory all-reduce op, one process at a
+    time, before `deepspeed.init_distributed` asks for it.
+
+    DeepSpeed JIT-builds it on CPU in every rank's `init_distributed`, before any process group
+    exists (deepspeed/comm/torch.py: `TorchBackend.__init__` calls `build_shm_op`, which calls
+    `ShareMemCommBuilder().load()`, i.e. `torch.utils.cpp_extension.load`), so no barrier can
+    order the ranks. Torch's own guard (a lock file in the build folder, `FileBaton`) covers the
+    build only: a rank that waited on it loads the library as soon as the builder lets go, built
+    or not (a failed build leaves none, or half of one), and a rank that gets it later runs the
+    build again (ninja: a no-op only if nothing looks out of date) in the folder another rank
+    is loading from. A lock held across build and load, in the extensions folder that every
+    process of the node shares (on NFS, of every node), orders them: the first builds and
+    loads; the others find it built, or build it themselves if that failed. DeepSpeed's own
+    call then returns the op loaded here (op builders cache loaded ops per process)."""
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return  # DeepSpeed does without it too
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    with exclusive(Path(root, f"{builder.name}.lock")):
+        builder.load()
 
 
 def _unlink_shm_buffer() -> None:

@@ -28,6 +28,7 @@ from deepspeed.env_report import (
 )
 
 from data_tools.config import parse_config
+from data_tools.errors import run_tool
 
 PACKAGES = ("torch", "deepspeed", "transformers", "datasets", "peft", "accelerate", "wandb")
 VARIABLES = (
@@ -121,4 +122,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

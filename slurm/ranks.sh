@@ -23,7 +23,12 @@ echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): $SLURM_NTASKS ranks
 # srun does not pass --cpus-per-task on by itself (SLURM 22.05). A crashed rank leaves the
 # others waiting in a collective: they are ended 5 minutes after the first rank ends, which
 # leaves rank 0 time to finish (export, wandb) after the others.
-srun --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" --kill-on-bad-exit=0 --wait=300 \
+# SIGTERM or SIGUSR1 sent to this script goes on to every rank, through scancel (every step of
+# this job, not the batch script): srun passes SIGUSR1 on, but on SIGTERM it ends its job step
+# (SIGKILL, KillWait seconds later), which would leave the ranks no time to save their work.
+source slurm/signals.sh
+relay() { scancel --signal="$1" "$SLURM_JOB_ID"; }
+forward srun --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" --kill-on-bad-exit=0 --wait=300 \
     --open-mode=append --output="$logs/%x-%j.rank%t.log" \
     bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
              exec python -m "$@"' rank "$@"

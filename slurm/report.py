@@ -15,6 +15,7 @@ from pathlib import Path
 
 from data_tools.atomic import write_json
 from data_tools.config import parse_config
+from data_tools.errors import run_tool
 from pipeline.args import PipelineArgs
 
 
@@ -33,4 +34,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -29,6 +29,7 @@ from transformers import HfArgumentParser
 
 from data_tools.atomic import write_json
 from data_tools.config import parse_config
+from data_tools.errors import run_tool
 from pipeline.args import PipelineArgs
 from pipeline.plan import Stage, build_plan
 
@@ -158,4 +159,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -63,3 +63,26 @@ def problems_and_model(root: Path, tokenizer: PreTrainedTokenizerBase, n: int, s
     write_jsonl(root / "data.jsonl", make_splits({"train": n}, Difficulty(), seed=seed)["train"])
     save_tiny_model(tokenizer, root / "model", eos_boost=6)
     return root
+
+
+def train_config(
+    root: Path, tokenizer: PreTrainedTokenizerBase, model: str, **options: object
+) -> dict:
+    """`root`/config.yaml for `train`, returned as a dict: the tokenizer and MODELS[`model`] saved
+    under `root`, the data `root`/data/train.jsonl, fp32, and `options` over the shared defaults."""
+    tokenizer.save_pretrained(root / "tokenizer")
+    (root / "tiny.json").write_text(json.dumps(MODELS[model]))
+    config = {
+        "model_config": str(root / "tiny.json"),
+        "tokenizer": str(root / "tokenizer"),
+        "data": str(root / "data/train.jsonl"),
+        "max_length": 100,
+        "learning_rate": 3e-3,
+        "warmup_steps": 2,
+        "precision": "fp32",
+        "seed": 3,
+        "deepspeed_config": "ds_configs/zero2.json",
+        **options,
+    }
+    (root / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
+    return config

@@ -16,34 +16,20 @@ from data_tools.atomic import write_json, write_text
 from data_tools.synthetic_math import Difficulty, write_splits
 from runtime.modeling import load_model, load_tokenizer
 from tests.launch import run
-from tests.models import MODELS
+from tests.models import train_config
 from train import check_export
 from train.checkpoint import rotate
 
 STEPS, STOP, GLOBAL_BATCH = 10, 5, 16
-TINY = MODELS["llama-32"]
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory, tokenizer) -> Path:
     root = tmp_path_factory.mktemp("checkpoints")
     write_splits(root / "data", {"train": 200, "validation": 16}, Difficulty(max_steps=2), seed=1)
-    tokenizer.save_pretrained(root / "tokenizer")
-    (root / "tiny.json").write_text(json.dumps(TINY))
-    config = {
-        "model_config": str(root / "tiny.json"),
-        "tokenizer": str(root / "tokenizer"),
-        "data": str(root / "data/train.jsonl"),
-        "eval_data": str(root / "data/validation.jsonl"),
-        "max_length": 100,
-        "max_steps": STEPS,
-        "learning_rate": 3e-3,
-        "warmup_steps": 2,
-        "precision": "fp32",
-        "seed": 3,
-        "deepspeed_config": "ds_configs/zero2.json",
-    }
-    (root / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
+    train_config(
+        root, tokenizer, "llama-32", eval_data=str(root / "data/validation.jsonl"), max_steps=STEPS
+    )
     return root
 
 
@@ -86,7 +72,8 @@ def test_rotation_keeps_the_newest_checkpoints_and_the_best(whole):
     for tag in expected:
         state = json.loads((whole / "checkpoints" / tag / "run_state.json").read_text())
         step = int(tag.removeprefix("step_"))
-        assert state == {"step": step, "world_size": 1, "eval_loss": rows[step - 1]["eval/loss"]}
+        assert state["step"] == step and state["world_size"] == 1
+        assert state["eval_loss"] == rows[step - 1]["eval/loss"]
 
 
 def test_rotation_spares_latest_and_the_best_and_clears_leftovers(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from data_tools.config import parse_config
+from data_tools.schema import DataError
 from runtime.args import DataArgs, ModelArgs
 from train.args import TrainArgs
 
@@ -24,5 +25,5 @@ def test_yaml_then_flags(tmp_path):
 def test_unknown_yaml_key_names_the_file(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("data: a.jsonl\noutput_dir: out\nlearning_rat: 0.01\n")
-    with pytest.raises(SystemExit, match=r"run.yaml: unknown option\(s\) \['learning_rat'\]"):
+    with pytest.raises(DataError, match=r"run.yaml: unknown option\(s\) \['learning_rat'\]"):
         parse_config((ModelArgs, DataArgs, TrainArgs), ["--config", str(path)])

@@ -308,7 +308,7 @@ def test_cli_round_trip(tokenizer: PreTrainedTokenizerBase, tmp_path: Path, caps
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert lines == expected
     loaded, _ = load_examples(str(out), task="math")
-    draft_ids = read_draft_ids(out)
+    draft_ids = read_draft_ids(out, len(tokenizer))
     assert [(e.id, draft_ids[e.id]) for e in loaded] == [
         (r["id"], r["draft_ids"]) for r in expected
     ]
@@ -319,7 +319,7 @@ def test_cli_round_trip(tokenizer: PreTrainedTokenizerBase, tmp_path: Path, caps
         tmp_path / "plain.jsonl", [{"id": "a", "prompt": "q", "response": "r"}]
     )
     with pytest.raises(DataError, match=r"plain.jsonl:1: field 'draft_ids': missing"):
-        read_draft_ids(plain_data)
+        read_draft_ids(plain_data, len(tokenizer))
 
     bad = write_jsonl(
         tmp_path / "bad.jsonl", [generations[0], {"id": "nope", "generation_ids": []}]
@@ -332,7 +332,7 @@ def test_cli_round_trip(tokenizer: PreTrainedTokenizerBase, tmp_path: Path, caps
                 "--drafts",
                 str(bad),
                 "--tokenizer",
-                "unused",
+                str(tmp_path / "tok"),
                 "--output",
                 str(out),
             ]

@@ -1,11 +1,14 @@
 """LoRA under ZeRO-3 with 2 processes: the adapter trains, the base stays as it was, and the
 merged and adapter exports of one checkpoint are the same model, loaded by peft and by
 `load_model`. The run exports the adapter (and checks it in a fresh process); the merged export
-is written here from the same checkpoint by the function train's export calls."""
+is written here from the same checkpoint by the function train's export calls. Under ZeRO-0,
+where the export reads the engine's own tensors, the merged export leaves the engine as it was
+and passes its check."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,21 +38,32 @@ def logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
         return model.eval()(**batch).logits[batch["attention_mask"].bool()]
 
 
-def test_lora_zero3_exports(tmp_path, tokenizer) -> None:
-    write_splits(tmp_path / "data", {"train": 48}, Difficulty(max_steps=2), seed=2)
+def base_model(tmp_path: Path, tokenizer) -> Path:
+    """A tiny random Llama and its tokenizer, saved as a pretrained folder."""
     (tmp_path / "tiny.json").write_text(json.dumps(MODELS["llama-64"]))
     base_dir = tmp_path / "base"
     load_model(tokenizer, config_file=str(tmp_path / "tiny.json"), seed=1).save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
-    out = tmp_path / "run"
-    args = [
+    return base_dir
+
+
+def lora_run(tmp_path: Path, base_dir: Path, ds_config: str, export: str) -> list[str]:
+    """train's options for 4 steps of LoRA on 48 synthetic problems (written here), fp32, into
+    tmp_path/run."""
+    write_splits(tmp_path / "data", {"train": 48}, Difficulty(max_steps=2), seed=2)
+    return [
         *("--model_name_or_path", str(base_dir), "--data", str(tmp_path / "data/train.jsonl")),
-        *("--output_dir", str(out), "--deepspeed_config", "ds_configs/zero3.json"),
+        *("--output_dir", str(tmp_path / "run"), "--deepspeed_config", ds_config),
         *("--max_length", "128", "--micro_batch_size", "4", "--max_steps", "4"),
         *("--learning_rate", "1e-2", "--lr_scheduler", "constant", "--precision", "fp32"),
-        *("--lora_rank", str(RANK), "--lora_alpha", str(ALPHA)),
+        *("--lora_rank", str(RANK), "--lora_alpha", str(ALPHA), "--lora_export", export),
     ]
-    run("train", [*args, "--lora_export", "adapter"], nproc=2)
+
+
+def test_lora_zero3_exports(tmp_path, tokenizer) -> None:
+    base_dir = base_model(tmp_path, tokenizer)
+    out = tmp_path / "run"
+    run("train", lora_run(tmp_path, base_dir, "ds_configs/zero3.json", "adapter"), nproc=2)
     losses = [json.loads(line)["train/loss"] for line in (out / "metrics.jsonl").open()]
     assert losses[-1] < losses[0]
     assert (out / "export_check.json").exists()  # the export's logits matched the engine's
@@ -112,6 +126,48 @@ def test_lora_zero3_exports(tmp_path, tokenizer) -> None:
         reference,
         rtol=1e-5,
         atol=1e-5,
+    )
+
+
+def test_lora_zero0_merged_export_passes_its_check(tmp_path, tokenizer) -> None:
+    """Without ZeRO the export is made from the engine's own parameters, after which the check
+    compares the engine's logits with the export's. Merging the adapter into those tensors in
+    place added B A to the engine's base weights, so the engine applied the adapter twice and
+    the check failed. One process: the checked engine is rank 0's."""
+    base_dir = base_model(tmp_path, tokenizer)
+    run("train", lora_run(tmp_path, base_dir, "ds_configs/zero0.json", "merged"))
+    report = json.loads((tmp_path / "run/export_check.json").read_text())  # written if it passed
+    assert report["max_abs_logit_diff"] <= report["tolerance"]
+
+
+def test_a_merged_export_leaves_the_trained_model_as_it_was(tmp_path, tokenizer) -> None:
+    """`save_export` is given the live module's tensors under ZeRO-0; the merge writes new ones."""
+    model = lora.add_lora(
+        AutoModelForCausalLM.from_pretrained(base_model(tmp_path, tokenizer)),
+        RANK,
+        ALPHA,
+        0.0,
+        "all-linear",
+        None,
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()  # a trained adapter: B is no longer zero, so a merge changes weights
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}  # as train's export
+    lora.save_export(model, state_dict, tmp_path / "merged", "merged", torch.float32)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    merged = load_file(tmp_path / "merged/model.safetensors")
+    q = "model.layers.0.self_attn.q_proj"
+    delta = (
+        before[f"base_model.model.{q}.lora_B.default.weight"]
+        @ before[f"base_model.model.{q}.lora_A.default.weight"]
+    )
+    torch.testing.assert_close(
+        merged[f"{q}.weight"],
+        before[f"base_model.model.{q}.base_layer.weight"] + ALPHA / RANK * delta,
     )
 
 

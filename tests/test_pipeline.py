@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.launch import REPO, TINY_PIPELINE, env
@@ -35,7 +36,7 @@ def start(run_dir: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,  # its own process group, so the kill takes every stage process
+        start_new_session=True,
     )
 
 
@@ -49,6 +50,11 @@ def test_pipeline_resumes_after_kill(tmp_path: Path) -> None:
         assert first.poll() is None, f"pipeline ended early:\n{first.stdout.read()}"
         assert time.monotonic() < deadline, "the generation stage did not finish in time"
         time.sleep(0.2)
+    # A crash of everything: the pipeline and its stage's processes (each stage has a session
+    # of its own). Stopped first, the pipeline starts no stage while they are found.
+    os.killpg(first.pid, signal.SIGSTOP)
+    for p in psutil.Process(first.pid).children(recursive=True):
+        p.kill()
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     before = {name: (run_dir / f).stat().st_mtime_ns for name, f in FINISHED_BEFORE_KILL.items()}

@@ -97,10 +97,10 @@ def test_fingerprint_checks(setup: Path, tokenizer) -> None:
     path = str(setup / "pred_a.jsonl")
     fp_tok, fp_a = tokenizer_fingerprint(tokenizer), model_fingerprint(str(setup / "model_a"))
     assert fp_a != model_fingerprint(str(setup / "model_b"))
-    assert len(load_predictions(path, encoded, fp_tok, fp_a)) == len(encoded)
+    assert len(load_predictions(path, encoded, fp_tok, fp_a, len(tokenizer))) == len(encoded)
     with pytest.raises(DataError, match="tokenizer_fingerprint"):
-        load_predictions(path, encoded, "another", fp_a)
+        load_predictions(path, encoded, "another", fp_a, len(tokenizer))
     # A training example without predictions is an error, not a silent SFT sample.
     extra = encode_examples(tokenizer, [Example("new", "q", "r", "math")], 64)[0]
     with pytest.raises(DataError, match="no predictions for 1"):
-        load_predictions(path, encoded + extra, fp_tok, fp_a)
+        load_predictions(path, encoded + extra, fp_tok, fp_a, len(tokenizer))

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from data_tools.synthetic_math import Difficulty, write_splits
 from tests import wandb_files
 from tests.launch import REPO, TINY_PIPELINE, env, run
+from tests.models import train_config
 from tests.slurm_jobs import job, log_tails, sbatch, wait, wait_completed
 
 pytestmark = [
@@ -57,20 +58,16 @@ def setup(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
     """Data, a tokenizer and a training config (1M-parameter Llama, fp32)."""
     root = tmp_path_factory.mktemp("slurm_train")
     write_splits(root / "data", {"train": 200, "test": 20}, Difficulty(max_steps=3), seed=1)
-    tokenizer.save_pretrained(root / "tokenizer")
-    config = {
-        "model_config": "configs/models/tiny-llama.json",
-        "tokenizer": str(root / "tokenizer"),
-        "data": str(root / "data/train.jsonl"),
-        "max_length": 256,
-        "micro_batch_size": 4,
-        "max_steps": STEPS,
-        "learning_rate": 2e-3,
-        "warmup_steps": 2,
-        "precision": "fp32",
-        "seed": 1,
-    }
-    (root / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
+    train_config(
+        root,
+        tokenizer,
+        "tiny-llama",
+        max_length=256,
+        micro_batch_size=4,
+        max_steps=STEPS,
+        learning_rate=2e-3,
+        seed=1,
+    )
     return root
 
 

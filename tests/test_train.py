@@ -21,36 +21,31 @@ from data_tools.tokenization import encode_examples
 from runtime.modeling import load_model, load_tokenizer
 from tests import wandb_files
 from tests.launch import run
-from tests.models import MODELS
+from tests.models import train_config
 from train.batches import BatchPlan
 
 STEPS, MICRO, ACCUM, WORLD, SEED, LR, MAX_LEN = 20, 4, 2, 2, 3, 2e-3, 160
-TINY = MODELS["llama-64"]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tokenizer) -> dict:
     root = tmp_path_factory.mktemp("train")
     write_splits(root / "data", {"train": 400, "validation": 16}, Difficulty(max_steps=3), seed=1)
-    tokenizer.save_pretrained(root / "tokenizer")
-    (root / "tiny.json").write_text(json.dumps(TINY))
-    config = {
-        "model_config": str(root / "tiny.json"),
-        "tokenizer": str(root / "tokenizer"),
-        "data": str(root / "data/train.jsonl"),
-        "eval_data": str(root / "data/validation.jsonl"),
-        "max_length": MAX_LEN,
-        "micro_batch_size": MICRO,
-        "gradient_accumulation_steps": ACCUM,
-        "max_steps": STEPS,
-        "learning_rate": LR,
-        "warmup_steps": 3,
-        "lr_scheduler": "cosine",
-        "weight_decay": 0.1,
-        "precision": "fp32",
-        "seed": SEED,
-    }
-    (root / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
+    config = train_config(
+        root,
+        tokenizer,
+        "llama-64",
+        eval_data=str(root / "data/validation.jsonl"),
+        max_length=MAX_LEN,
+        micro_batch_size=MICRO,
+        gradient_accumulation_steps=ACCUM,
+        max_steps=STEPS,
+        learning_rate=LR,
+        warmup_steps=3,
+        lr_scheduler="cosine",
+        weight_decay=0.1,
+        seed=SEED,
+    )
     return {"root": root, "config": config}
 
 

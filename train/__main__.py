@@ -12,9 +12,10 @@
     deepspeed --num_gpus 2 --module train --config configs/sft_demo.yaml
     python -m train --config configs/sft_demo.yaml --max_steps 100     # one process
 
-SIGUSR1 (SLURM's warning before a time limit, `--signal=USR1@T`) ends the run at the end of the
-step with a checkpoint and exit status 75; slurm/train.sbatch then requeues the job, which
-resumes from that checkpoint.
+SIGTERM (preemption, `scancel`, `timeout`) and SIGUSR1 (SLURM's warning before a time limit,
+`--signal=USR1@T`) end the run at the end of the step with a checkpoint and exit status 75
+(runtime/stopping.py); slurm/train.sbatch then requeues the job, which resumes from that
+checkpoint. Rank 0 holds `output_dir/.lock` while it runs: a second run on the folder refuses.
 
 The loss is the mean over every trained (response) token of the global batch, whatever the
 split into ranks and micro-batches, so runs with different world sizes follow one curve.
@@ -25,8 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import signal
-import threading
+import sys
 import time
 from pathlib import Path
 
@@ -41,8 +41,8 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from data_tools.atomic import write_jsonl
 from data_tools.collate import pad_right
 from data_tools.config import parse_config
+from data_tools.errors import run_tool
 from data_tools.packing import pack_batch
-from data_tools.schema import DataError
 from data_tools.tokenization import Encoded
 from methods.scheduled_sampling import (
     interleave,
@@ -52,20 +52,19 @@ from runtime import distributed, lora, plots
 from runtime.args import DataArgs, ModelArgs
 from runtime.ds_config import (
     DTYPES,
-    ConfigError,
     fill_for_run,
     offloads_optimizer,
     resolve_precision,
     zero_stage,
 )
+from runtime.lock import hold
 from runtime.modeling import load_model
+from runtime.stopping import STOPPED, requested
 from runtime.tracking import Tracker
 from train import checkpoint, dry_run
 from train.args import TrainArgs
 from train.optimizer import param_groups
 from train.setup import setup
-
-STOPPED = 75  # the exit status of a run stopped by SIGUSR1 (sysexits' EX_TEMPFAIL: try again)
 
 
 @torch.no_grad()
@@ -91,9 +90,27 @@ def evaluate(engine, examples: list[Encoded], micro_batch_size: int, pad_id: int
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop the rows a resumed run is about to redo (those logged after its checkpoint)."""
-    rows = [json.loads(line) for line in path.open(encoding="utf-8")] if path.exists() else []
-    write_jsonl(path, [r for r in rows if r["step"] <= step])
+    """Drop the rows a resumed run is about to redo (those logged after its checkpoint), and a
+    last line cut short by a crash while it was appended (with a warning). Any other line that
+    is not a row is an error naming it: the file is the run's record, not to be guessed at."""
+    lines = path.read_bytes().split(b"\n") if path.exists() else [b""]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if number == len(lines) and not line:
+            break  # the file ends with its newline (or is empty)
+        try:
+            row = json.loads(line)
+            rows.append((row["step"], row))
+        except (ValueError, KeyError, TypeError) as e:
+            if number < len(lines):
+                raise ValueError(f"{path}:{number}: not a metrics row ({e})") from e
+            print(
+                f"warning: {path}:{number}: the last line was cut short (a crash while it was "
+                "written); dropped",
+                file=sys.stderr,
+                flush=True,
+            )
+    write_jsonl(path, [row for done, row in rows if done <= step])
 
 
 def main() -> None:
@@ -101,11 +118,10 @@ def main() -> None:
     if args.dry_run:
         dry_run.plan_train(model_args, data_args, args)
         return
-    # The handler only sets a flag: a checkpoint is collective, so the ranks act on it together.
-    stop = threading.Event()
-    signal.signal(signal.SIGUSR1, lambda *_: stop.set())
+    stop = requested()  # SIGTERM, SIGUSR1: acted on by every rank together, at a step's end
     rank, world = distributed.init()
     output_dir, ckpt_dir = Path(args.output_dir), Path(args.output_dir) / "checkpoints"
+    hold(output_dir / ".lock", output_dir)
     precision = resolve_precision(args.precision)
     # The DeepSpeed config is settled (or refused) before any data or weights are loaded.
     model_config = AutoConfig.from_pretrained(  # an adapter's: its base's
@@ -117,6 +133,14 @@ def main() -> None:
     run = setup(model_args, data_args, args, world)
     tokenizer, train_set, eval_set, plan = run.tokenizer, run.train_set, run.eval_set, run.plan
     schedule, predictions, total_steps = run.schedule, run.predictions, run.total_steps
+
+    # What fixes the meaning of a step, hashed on rank 0: saved with each checkpoint. The
+    # checkpoint to resume is verified (and refused if saved with other options) before any
+    # weights are loaded; one of another world size is converted first, which needs the config.
+    identity = checkpoint.run_identity(model_args, data_args, args, run) if rank == 0 else {}
+    resume_from = (
+        checkpoint.resume_tag(ckpt_dir, world, ds_config, identity) if args.resume else None
+    )
 
     # Model, optimizer and schedule, wrapped by the DeepSpeed engine.
     # Under ZeRO-3, this makes from_pretrained load each weight straight into its partition. A
@@ -137,8 +161,6 @@ def main() -> None:
     )
     optimizer = adam(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
     scheduler = get_scheduler(args.lr_scheduler, optimizer, args.warmup_steps, total_steps)
-    # A checkpoint of another world size is converted first, and loading it needs the config.
-    resume_from = checkpoint.resume_tag(ckpt_dir, world, ds_config) if args.resume else None
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
@@ -150,11 +172,12 @@ def main() -> None:
         checkpoint.save,
         engine,
         ckpt_dir,
+        identity=identity,
         keep_last=args.keep_last_checkpoints,
         keep_best=args.keep_best_checkpoint,
     )
-    if distributed.is_main() and args.log_file:
-        _truncate_metrics(output_dir / "metrics.jsonl", start_step)
+    if args.log_file:  # rank 0's error, if any, stops every rank
+        distributed.on_main(lambda: _truncate_metrics(output_dir / "metrics.jsonl", start_step))
     run_config = {
         **dataclasses.asdict(model_args),
         **dataclasses.asdict(data_args),
@@ -220,7 +243,7 @@ def main() -> None:
             engine.backward(out.loss * world * args.gradient_accumulation_steps)
             engine.step()
             stats[0] += out.loss.detach().double()
-        stats[3] = float(stop.is_set())
+        stats[3] = float(bool(stop))
         dist.all_reduce(stats)
         tokens = sum(len(train_set[i].input_ids) for i in batch_ids)
         metrics = {
@@ -248,12 +271,13 @@ def main() -> None:
         tracker.log(metrics, step=step + 1)
         if args.save_every and (step + 1) % args.save_every == 0:
             saved_at = save(step + 1, metrics.get("eval/loss"))
-        if stats[3] > 0 and step + 1 < last_step:  # a rank got SIGUSR1: all stop here
+        if stats[3] > 0 and step + 1 < last_step:  # a rank was asked to stop: all stop here
             if saved_at != f"step_{step + 1}":
                 save(step + 1, metrics.get("eval/loss"))
             if distributed.is_main():
+                why = stop.reason or "another rank was asked to stop"
                 print(
-                    f"SIGUSR1: checkpoint step_{step + 1} saved; exiting with {STOPPED}", flush=True
+                    f"{why}: checkpoint step_{step + 1} saved; exiting with {STOPPED}", flush=True
                 )
             tracker.finish()
             raise SystemExit(STOPPED)
@@ -280,7 +304,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, DataError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from e
+    run_tool(main)

@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data_tools.atomic import write_json
 from data_tools.config import parse_config
+from data_tools.errors import run_tool
 from runtime import lora
 
 
@@ -188,4 +189,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -1,15 +1,25 @@
-"""Engine checkpoints that resume exactly (or on another number of processes), their rotation,
-and the final export in Hugging Face format, checked in a fresh process.
+"""Engine checkpoints that resume exactly (or on another number of processes), verified before
+they are loaded, their rotation, and the final export in Hugging Face format, checked in a fresh
+process.
 
 A checkpoint is `checkpoints/step_N/`, written by DeepSpeed on every rank, plus each rank's
-random state and `run_state.json` (step, world size, eval loss). `checkpoints/latest` names the
-newest complete one and is replaced (atomically) only after every rank has finished writing, so
-a crash mid-save leaves the previous checkpoint in charge, never a half-written one; older
-checkpoints are deleted only after that.
+random state, `run_state.json` (step, world size, eval loss, and the options that fix what a
+step means) and, last, `manifest.json`: the size and sha256 of every file, hashed by the ranks
+in turn once all have written. `checkpoints/latest` names the newest complete one and is
+replaced (atomically) only after the manifest, so a crash mid-save leaves the previous
+checkpoint in charge; older checkpoints are deleted only after that. A resume loads only a
+checkpoint whose files all match its manifest (falling back to the newest one that does), and
+refuses one saved with other options.
+
+The checkpoint folder is shared by every rank, as DeepSpeed's universal conversion, the export's
+consolidation and the rotation (all on rank 0, over every rank's files) need it to be.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -18,8 +28,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from array import array
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,10 +44,15 @@ from transformers import PreTrainedTokenizerBase
 
 from data_tools.atomic import atomic_dir, atomic_open, write_json, write_text
 from runtime import lora
+from runtime.args import DataArgs, ModelArgs
 from runtime.distributed import barrier, is_main, on_main
 from runtime.ds_config import zero_stage
+from runtime.fingerprint import model_fingerprint, tokenizer_fingerprint
+from train.args import TrainArgs
+from train.setup import TrainSetup
 
-RUN_STATE = "run_state.json"  # beside DeepSpeed's files: step, world size, eval loss
+RUN_STATE = "run_state.json"  # beside DeepSpeed's files: step, world size, eval loss, the run
+MANIFEST = "manifest.json"  # written last: the size and sha256 of every other file
 REPORT = "export_check.json"  # in the run folder, only once the export passed its check
 STEP_TAG = re.compile(r"step_(\d+)")
 REPO = Path(__file__).resolve().parents[1]
@@ -70,24 +87,258 @@ def run_state(ckpt_dir: Path, tag: str) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_identity(
+    model_args: ModelArgs, data_args: DataArgs, args: TrainArgs, run: TrainSetup
+) -> dict[str, Any]:
+    """What fixes the meaning of step N: the training data (its file, and its examples as
+    tokenized), their order (seed, global batch), the optimizer and its schedule, the method,
+    and the starting model and tokenizer. Recorded in every checkpoint and compared on resume.
+    Not the split of the global batch into processes, micro-batches and accumulation, which may
+    change (resuming on another number of processes needs it to). It hashes the data file and
+    the starting weights, so rank 0 alone calls this."""
+    data = Path(data_args.data)
+    tokenized = hashlib.sha256()
+    for e in run.train_set:
+        tokenized.update(f"{e.id}\0{len(e.input_ids)}\0".encode())
+        tokenized.update(array("q", e.input_ids))
+        tokenized.update(array("q", e.labels))
+    identity: dict[str, Any] = {
+        "mode": args.mode,
+        "data": (
+            f"sha256 {_sha256(data)[:16]}, {data.stat().st_size} bytes"
+            if data.is_file()
+            else f"hub dataset {data_args.data} ({data_args.data_name}, split {data_args.split})"
+        ),
+        "training_examples": len(run.train_set),
+        "training_set": tokenized.hexdigest()[:16],  # the examples as tokenized and masked
+        "max_length": data_args.max_length,
+        "loss_on": args.loss_on,
+        "seed": args.seed,
+        "global_batch_size": run.plan.global_batch_size,
+        "total_steps": run.total_steps,
+        "learning_rate": args.learning_rate,
+        "lr_scheduler": args.lr_scheduler,
+        "warmup_steps": args.warmup_steps,
+        "weight_decay": args.weight_decay,
+        "adam_betas": [args.adam_beta1, args.adam_beta2],
+        "max_grad_norm": args.max_grad_norm,
+        "model": (
+            model_fingerprint(model_args.model_name_or_path)
+            if model_args.model_name_or_path
+            else f"new, config sha256 {_sha256(Path(model_args.model_config))[:16]}"
+        ),
+        "tokenizer": tokenizer_fingerprint(run.tokenizer),
+        "lora": {
+            "rank": args.lora_rank,
+            "alpha": args.lora_alpha,
+            "dropout": args.lora_dropout,
+            "target_modules": args.lora_target_modules,
+        }
+        if args.lora_rank
+        else None,
+    }
+    if run.schedule:
+        identity["sampling_schedule"] = dataclasses.asdict(run.schedule)
+    if args.mode == "bash":
+        identity["predictions"] = f"sha256 {_sha256(Path(args.predictions))[:16]}"
+    # JSON's view (lists, not tuples), so that a recorded identity compares equal to a fresh one.
+    return json.loads(json.dumps(identity))
+
+
+def _check_same_run(folder: Path, identity: dict[str, Any]) -> None:
+    """Refuse to continue checkpoint `folder` with options that change what its steps meant."""
+    saved = json.loads((folder / RUN_STATE).read_text(encoding="utf-8")).get("run") or {}
+    differences = [
+        f"{key} {saved.get(key, '(not recorded)')!r} -> {identity.get(key, '(not recorded)')!r}"
+        for key in dict.fromkeys([*saved, *identity])
+        if saved.get(key) != identity.get(key)
+    ]
+    if differences:
+        raise ValueError(
+            f"{folder} was saved by a run with other options, and resuming would mix two runs "
+            f"(checkpoint -> this run): {'; '.join(differences)}. Rerun with the checkpoint's "
+            "options to continue it, or start afresh with a new output_dir (or resume: false, "
+            "which replaces this run's checkpoints and metrics)"
+        )
+
+
+def _from_main(obj: Any) -> Any:
+    """Rank 0's `obj`, on every rank."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _listing(folder: Path) -> list[str]:
+    """The files under `folder`, relative; not the dot-files of unfinished atomic writes."""
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    )
+
+
+def _digest(path: Path) -> dict[str, Any]:
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _digests(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """The size and sha256 of `names` (the same list on every rank, biggest first), hashed by the
+    ranks in turn so that each reads about 1/world of the checkpoint, gathered on rank 0 (the
+    others get {}). What another rank could not read (its node does not see the folder), rank 0
+    hashes itself. Every rank must call this."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine = {}
+    for name in names[rank::world]:
+        with contextlib.suppress(OSError):
+            mine[name] = _digest(folder / name)
+    parts = [{}] * world if is_main() else None
+    dist.gather_object(mine, parts, dst=0)
+    if not is_main():
+        return {}
+    gathered = {name: digest for part in parts for name, digest in part.items()}
+    return {name: gathered.get(name) or _digest(folder / name) for name in names}
+
+
+def _write_manifest(folder: Path) -> None:
+    """`folder`'s manifest.json, once every rank has written its files. Every rank must call
+    this."""
+    names = None
+    if is_main():
+        names = sorted(_listing(folder), key=lambda n: (folder / n).stat().st_size, reverse=True)
+    digests = _digests(folder, _from_main(names))
+    if is_main():
+        write_json(folder / MANIFEST, {"files": dict(sorted(digests.items()))})
+
+
+def _read_manifest(folder: Path) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Rank 0: what is wrong with `folder` that needs no hashing (a missing folder, manifest or
+    file, a size that differs, a file the manifest does not list), and the manifest's files."""
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        return [f"{folder}: missing"], {}
+    if not path.exists():
+        return [f"{path}: missing (its save did not finish, or it predates manifests)"], {}
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        sizes = {name: int(entry["bytes"]) for name, entry in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return [f"{path}: unreadable ({type(e).__name__}: {e})"], {}
+    present = set(_listing(folder))
+    problems = []
+    for name, size in sizes.items():
+        if name not in present:
+            problems.append(f"{folder / name}: missing")
+        elif (actual := (folder / name).stat().st_size) != size:
+            cut = " (truncated)" if actual < size else ""
+            problems.append(f"{folder / name}: {actual} bytes, its manifest says {size}{cut}")
+    problems += [f"{folder / n}: not in its manifest" for n in sorted(present - {*files, MANIFEST})]
+    return problems, files
+
+
+def _problems(folder: Path) -> list[str]:
+    """What is wrong with checkpoint `folder` against its manifest ([]: every file is there,
+    with its size and sha256), on every rank. Every rank must call this."""
+    problems, files = _from_main(_read_manifest(folder) if is_main() else None)
+    if problems:
+        return problems
+    digests = _digests(folder, sorted(files, key=lambda n: files[n]["bytes"], reverse=True))
+    if is_main():
+        problems = [
+            f"{folder / name}: its sha256 differs from its manifest's (changed since it was saved)"
+            for name in sorted(files)
+            if digests[name]["sha256"] != files[name]["sha256"]
+        ]
+    return _from_main(problems)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def verified_tag(ckpt_dir: Path) -> str | None:
+    """The checkpoint `latest` names if all its files match its manifest; else the newest older
+    one that does, each one passed over named on a line with what is wrong with it; None if none
+    does (said loudly when there were checkpoints: the run starts afresh). Rank 0 decides and
+    every rank gets its answer, since loading is collective. Every rank must call this."""
+    candidates = None
+    if is_main():
+        latest = latest_tag(ckpt_dir)
+        newest = STEP_TAG.fullmatch(latest or "")
+        steps = sorted(
+            (int(m.group(1)) for p in ckpt_dir.glob("step_*") if (m := STEP_TAG.fullmatch(p.name))),
+            reverse=True,
+        )
+        older = [f"step_{n}" for n in steps if newest is None or n < int(newest.group(1))]
+        candidates = [latest] * (latest is not None) + older
+    candidates = _from_main(candidates)
+    for tag in candidates:
+        problems = _problems(ckpt_dir / tag)
+        if not problems:
+            if tag != candidates[0] and is_main():
+                _warn(f"resuming from {ckpt_dir / tag}, the newest checkpoint that verifies")
+            return tag
+        if is_main():
+            _warn(f"checkpoint {ckpt_dir / tag} is not resumed: {'; '.join(problems)}")
+    if candidates and is_main():
+        _warn(
+            f"NO CHECKPOINT IN {ckpt_dir} VERIFIES (each named above): THIS RUN STARTS AFRESH "
+            "FROM STEP 0, and its saves will replace those checkpoints"
+        )
+    return None
+
+
+def _discard(folder: Path) -> None:
+    """Rename `folder` away, then delete it, so that a crash halfway leaves no partial
+    checkpoint under a checkpoint's name (`rotate` clears what is left)."""
+    doomed = folder.with_name(f".{folder.name}.deleting")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed)
+
+
 def save(
     engine: DeepSpeedEngine,
     ckpt_dir: Path,
     step: int,
     eval_loss: float | None = None,
+    *,
+    identity: dict[str, Any],
     keep_last: int = 0,
     keep_best: bool = False,
 ) -> str:
-    """Checkpoint after `step` optimizer steps, then rotate (see `rotate`); every rank must
-    call this."""
+    """Checkpoint after `step` optimizer steps, with rank 0's `identity` (`run_identity`) and,
+    last, its manifest; then point `latest` at it and rotate (see `rotate`). Every rank must call
+    this."""
     tag, world = f"step_{step}", dist.get_world_size()
+    folder = ckpt_dir / tag
+    # An unfinished save's leftovers, or a checkpoint the resume passed over, and a universal
+    # conversion made from it: none of their files may pass for this save's.
+    for stale in (folder, ckpt_dir / f"{tag}_universal"):
+        if is_main() and stale.exists():
+            _discard(stale)
+    barrier()
     client_state = {"step": step, "world_size": world}
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
-    with atomic_open(ckpt_dir / tag / f"rng_rank{dist.get_rank()}.pt", "wb") as f:
+    with atomic_open(folder / f"rng_rank{dist.get_rank()}.pt", "wb") as f:
         torch.save(_rng_state(), f)
     if is_main():
-        write_json(ckpt_dir / tag / RUN_STATE, {**client_state, "eval_loss": eval_loss})
+        split = {
+            "micro_batch_size": engine.train_micro_batch_size_per_gpu(),
+            "gradient_accumulation_steps": engine.gradient_accumulation_steps(),
+        }
+        state = {**client_state, **split, "eval_loss": eval_loss, "run": identity}
+        write_json(folder / RUN_STATE, state)
     barrier()
+    _write_manifest(folder)
     if is_main():
         write_text(ckpt_dir / "latest", tag)
         rotate(ckpt_dir, keep_last, keep_best)
@@ -118,21 +369,25 @@ def rotate(ckpt_dir: Path, keep_last: int, keep_best: bool) -> list[str]:
     stale = [t for t in complete if t not in keep] + [f"step_{n}" for n in steps if n > last]
     stale += [p.name for p in ckpt_dir.glob("step_*_universal") if p.name != f"{latest}_universal"]
     for tag in stale:
-        doomed = ckpt_dir / f".{tag}.deleting"
-        os.replace(ckpt_dir / tag, doomed)
+        _discard(ckpt_dir / tag)
     # Also what an interrupted rotation or universal conversion left behind.
     for doomed in [*ckpt_dir.glob(".*.deleting"), *ckpt_dir.glob(".*_universal.*.tmp")]:
         shutil.rmtree(doomed)
     return stale
 
 
-def resume_tag(ckpt_dir: Path, world: int, ds_config: dict) -> str | None:
-    """The checkpoint to resume from: the latest, or, when it was saved by another number of
-    processes with ZeRO-partitioned optimizer state, its conversion to DeepSpeed's universal
-    format (made once by rank 0, then loaded with `checkpoint.load_universal`, which this sets
-    in `ds_config`). Every rank must call this, before the engine is made."""
-    tag = latest_tag(ckpt_dir)
-    saved = run_state(ckpt_dir, tag).get("world_size", world) if tag else world
+def resume_tag(ckpt_dir: Path, world: int, ds_config: dict, identity: dict[str, Any]) -> str | None:
+    """The checkpoint to resume from: the newest that verifies (`verified_tag`), refused if it
+    was saved with another `identity` (rank 0's, `run_identity`); or, when it was saved by
+    another number of processes with ZeRO-partitioned optimizer state, its conversion to
+    DeepSpeed's universal format (made once by rank 0, then loaded with
+    `checkpoint.load_universal`, which this sets in `ds_config`). Every rank must call this,
+    before the engine is made."""
+    tag = verified_tag(ckpt_dir)
+    if tag is None:
+        return None
+    on_main(lambda: _check_same_run(ckpt_dir / tag, identity))
+    saved = run_state(ckpt_dir, tag)["world_size"]
     if saved == world or not any((ckpt_dir / tag).glob("*optim_states.pt")):
         return tag
     universal = f"{tag}_universal"

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from transformers import PreTrainedTokenizerBase
 
 from data_tools.config import parse_config
+from data_tools.errors import run_tool
 from data_tools.tokenization import IGNORE_INDEX, Encoded
 from methods.scheduled_sampling import interleave
 from runtime.args import DataArgs, ModelArgs
@@ -110,4 +111,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

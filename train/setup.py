@@ -54,7 +54,7 @@ def encode(
         )
         summary = report.summary()
     else:
-        drafts = read_draft_ids(source)
+        drafts = read_draft_ids(source, len(tokenizer))
         encoded = [
             encode_correction(tokenizer, e, drafts[e.id], data_args.max_length, marker)
             for e in examples
@@ -93,6 +93,7 @@ def setup(
             train_set,
             tokenizer_fingerprint(tokenizer),
             model_fingerprint(model_args.model_name_or_path),
+            len(tokenizer),
         )
     plan = BatchPlan(
         len(train_set),
