@@ -7,8 +7,9 @@ Each rank generates for its own share of the prompts that are not done yet, in b
 similar prompt length, and appends each finished batch to `<output>.parts/part-<rank>.jsonl`.
 A rerun (with any number of ranks) skips the ids found there and shares out the rest; at the
 end rank 0 merges everything, in input order, into `<output>` (atomically) and removes the
-parts. A run whose `<output>` already holds every id does nothing. Resuming assumes the same
-model and decoding options: nothing checks that the parts were made with them.
+parts. A run whose `<output>` already holds every id does nothing. The parts record what their
+rows depend on (`options.json`: the model's and tokenizer's fingerprints and the decoding
+options, not the batch size or the number of ranks); a rerun with others refuses, naming them.
 
 SIGTERM or SIGUSR1 (runtime/stopping.py) ends each rank after the batch it is generating, with
 its parts intact, and exit status 75: a rerun goes on from there. Rank 0 holds `<output>.lock`
@@ -38,7 +39,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from data_tools.atomic import write_jsonl
+from data_tools.atomic import write_json, write_jsonl
 from data_tools.config import parse_config
 from data_tools.errors import run_tool
 from data_tools.schema import Example
@@ -57,6 +58,21 @@ from runtime.modeling import load_model, load_tokenizer
 from runtime.stopping import STOPPED, requested
 from runtime.tracking import Tracker
 
+OPTIONS = "options.json"  # in <output>.parts: what the rows there depend on
+# The options a row depends on, beside the model, tokenizer, precision and max_length (not the
+# batch size or the number of ranks: see sampling.py).
+DECODING = (
+    "max_prompt_length",
+    "max_new_tokens",
+    "do_sample",
+    "temperature",
+    "top_p",
+    "seed",
+    "teacher_forced",
+    "self_correct",
+    "correction_marker",
+)
+
 
 def read_rows(path: Path) -> dict[str, dict[str, Any]]:
     """The lines of a jsonl file by id, less a last line without its newline (cut by a crash)."""
@@ -72,6 +88,27 @@ def read_parts(parts: Path) -> dict[str, dict[str, Any]]:
     for part in sorted(parts.glob("*.jsonl")):
         rows.update(read_rows(part))
     return rows
+
+
+def check_options(parts: Path, options: dict[str, Any]) -> None:
+    """Record in `parts` what its rows depend on, or refuse to add rows made otherwise to those
+    of an earlier run. Parts from before this record existed are taken as they are."""
+    path = parts / OPTIONS
+    if path.exists():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        differences = [
+            f"{key} {saved.get(key)!r} -> {options.get(key)!r}"
+            for key in dict.fromkeys([*saved, *options])
+            if saved.get(key) != options.get(key)
+        ]
+        if differences:
+            raise ValueError(
+                f"{parts} holds rows made with other options, and resuming would mix two runs "
+                f"(parts -> this run): {'; '.join(differences)}. Rerun with the parts' options, "
+                f"or delete {parts} to start over"
+            )
+    else:
+        write_json(path, options)
 
 
 def open_part(parts: Path, rank: int) -> TextIO:
@@ -206,6 +243,9 @@ def main(argv: list[str] | None = None) -> None:
             "model_fingerprint": model_fingerprint(model_args.model_name_or_path),
             "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         }
+        decoding = {k: getattr(args, k) for k in DECODING} | {"precision": precision}
+        options = fingerprints | decoding | {"max_length": data_args.max_length}
+        distributed.on_main(lambda: check_options(parts, options))
         # Every rank builds all that is left and deals the same length-sorted list round-robin,
         # so shards are equally long and, sliced in order, give batches of similar length.
         inputs = build_inputs(tokenizer, todo, data_args, args)

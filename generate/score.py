@@ -24,7 +24,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from data_tools.atomic import write_json, write_jsonl
+from data_tools.atomic import write_together
 from data_tools.config import parse_config
 from data_tools.errors import run_tool
 from data_tools.scoring import JUDGED_TASKS, PICKS, ROUGE_TYPES, SCORED_TASKS, score_file
@@ -148,8 +148,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.judge, args.judge_prompt, args.judge_margin, args.judge_batch_size
         )
     scores = score_file(generations, args.task, args.correction_marker, pick=args.pick, judge=judge)
-    write_json(out, scores["summary"])
-    write_jsonl(out.with_suffix(".examples.jsonl"), scores["examples"])
+    examples = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in scores["examples"])
+    summary = json.dumps(scores["summary"], indent=2, ensure_ascii=False) + "\n"
+    write_together({out.with_suffix(".examples.jsonl"): examples, out: summary})
     print(format_summary(scores["summary"]))
     config = asdict(args)
     name = args.run_name or out.name.removesuffix(".json")

@@ -15,6 +15,10 @@ have ended (a trainer checkpoints at the end of its step), kills what is left ST
 the signal, starts no further stage, and exits with the stage's status (75 from a stopped
 `python -m train`, 128 + the signal from the `deepspeed` launcher it ended). A second pipeline on
 the same run folder refuses.
+
+While a stage runs, a bar on stderr shows the stages done and to go, and the running stage's own
+progress: its last progress line (train: step / total, loss, time left; generate: prompts done),
+read from the end of its log.
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import psutil
+from tqdm import tqdm
 
 from data_tools.atomic import write_json
 from data_tools.config import parse_config
@@ -42,6 +48,7 @@ from runtime.distributed import free_port
 from runtime.lock import hold
 from runtime.tracking import Tracker
 
+TICK_S = 2  # how often the bar shows the running stage's progress
 STOP_GRACE_S = 120  # from the signal to SIGKILL: time for a step and its checkpoint
 # DeepSpeed's per-node launcher: on SIGTERM it kills its ranks 30 s later (launch.py,
 # terminate_process_tree), too soon for a large checkpoint. It is left out of what the stage's
@@ -62,13 +69,17 @@ class Relay:
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.signum, self.unsent = signum, True
 
-    def wait(self, proc: subprocess.Popen) -> int:
-        """`proc`'s exit status, once every process of its group (`proc` leads it) has ended.
+    def wait(self, proc: subprocess.Popen, tick: Callable[[], None]) -> int:
+        """`proc`'s exit status, once every process of its group (`proc` leads it) has ended;
+        `tick` is called every TICK_S meanwhile.
         A signal received is passed on to each of them but LAUNCHER. `deepspeed` can end before
         its ranks (killed by the signal, or crashed): those left get SIGTERM. SIGKILL comes
         STOP_GRACE_S after the first signal."""
-        deadline = math.inf
+        deadline, next_tick = math.inf, 0.0
         while (returncode := proc.poll()) is None or _group(proc.pid):
+            if time.monotonic() > next_tick:
+                tick()
+                next_tick = time.monotonic() + TICK_S
             if self.unsent or (returncode is not None and deadline == math.inf):
                 signum = signal.SIGTERM if self.signum is None else self.signum
                 for p in _group(proc.pid):
@@ -81,6 +92,17 @@ class Relay:
                     os.killpg(proc.pid, signal.SIGKILL)
             time.sleep(0.2)
         return returncode
+
+
+def last_progress(log: Path, width: int = 90) -> str:
+    """The last progress line of `log` (tqdm redraws with \\r, so the text after the last \\r
+    or newline that is not blank), its end kept if too long."""
+    with log.open("rb") as f:
+        f.seek(max(0, log.stat().st_size - 4096))
+        tail = f.read().decode(errors="replace")
+    lines = [line.strip() for line in tail.replace("\r", "\n").split("\n")]
+    last = next((line for line in reversed(lines) if line), "")
+    return last if len(last) <= width else "..." + last[-width:]
 
 
 def _group(pgid: int) -> list[psutil.Process]:
@@ -101,9 +123,9 @@ def launch(stage: Stage, nproc: int) -> list[str]:
     return [sys.executable, "-m", stage.module, *stage.args]
 
 
-def run_stage(stage: Stage, nproc: int, log: Path, relay: Relay) -> float:
-    """Run one stage to its end, its output in `log`; its wall time in seconds. Stopped by a
-    signal, exit with the stage's status."""
+def run_stage(stage: Stage, nproc: int, log: Path, relay: Relay, bar: tqdm) -> float:
+    """Run one stage to its end, its output in `log` and its progress on `bar`; its wall time in
+    seconds. Stopped by a signal, exit with the stage's status."""
     # The processes of a stage share the machine's cores rather than each taking all of them.
     threads = str(max(1, (os.cpu_count() or 1) // nproc))
     env = {"OMP_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false", **os.environ}
@@ -118,7 +140,7 @@ def run_stage(stage: Stage, nproc: int, log: Path, relay: Relay) -> float:
             env=env,
             start_new_session=True,
         )
-        returncode = relay.wait(proc)
+        returncode = relay.wait(proc, lambda: bar.set_postfix_str(last_progress(log)))
     if returncode == 0 and stage.done():
         return time.perf_counter() - started
     if relay.signum is not None:
@@ -143,16 +165,21 @@ def main() -> None:
     hold(plan.run_dir / ".lock", plan.run_dir)
     timings_file = plan.run_dir / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    bar = tqdm(total=len(plan.stages), desc="stages", unit="stage", dynamic_ncols=True)
     for stage in plan.stages:
         if relay.signum is not None:  # it came between stages
             raise SystemExit(128 + relay.signum)
         if stage.done():
             print(f"[done before] {stage.name}", flush=True)
+            bar.update()
             continue
+        bar.set_description(stage.name)
         timings[stage.name] = run_stage(
-            stage, args.nproc, plan.run_dir / "logs" / f"{stage.name}.log", relay
+            stage, args.nproc, plan.run_dir / "logs" / f"{stage.name}.log", relay, bar
         )
         write_json(timings_file, timings)
+        bar.update()
+    bar.close()
     base_timings = plan.base_dir / "timings.json"
     if args.base_dir and base_timings.exists():
         timings = {**json.loads(base_timings.read_text()), **timings}

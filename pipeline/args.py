@@ -47,7 +47,8 @@ class PipelineArgs:
         },
     )
     report_examples: int | None = field(
-        default=None, metadata={"help": "evaluate on the first N of the report split (default: all)"}
+        default=None,
+        metadata={"help": "evaluate on the first N of the report split (default: all)"},
     )
     max_eval_examples: int = field(
         default=TrainArgs.max_eval_examples,

@@ -1,8 +1,11 @@
 """Shared fixtures: a small tokenizer trained once per session on the synthetic task; the real
-SmolLM2-135M-Instruct folder and GSM8K (tests/real_model.py)."""
+SmolLM2-135M-Instruct folder and GSM8K (tests/real_model.py); a small disk to fill."""
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,3 +34,25 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def gsm8k() -> Path:
     """The folder of the real GSM8K's train.jsonl and test.jsonl, read in place."""
     return gsm8k_folder()
+
+
+@dataclass(frozen=True)
+class SmallDisk:
+    path: Path
+
+    def resize(self, size: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A tmpfs of 4 KiB, for the test to size (`resize`) and fill. Mounting needs root."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(disk)])
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (it needs root): no full-disk test")
+    try:
+        yield SmallDisk(disk)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)

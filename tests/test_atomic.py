@@ -1,10 +1,14 @@
-"""Atomic writes leave the mode an ordinary open or mkdir gives, not tempfile's private one."""
+"""Atomic writes leave the mode an ordinary open or mkdir gives, not tempfile's private one, and
+related files replaced together stay together on a full disk."""
 
 from __future__ import annotations
 
+import errno
 import os
 
-from data_tools.atomic import atomic_dir, write_text
+import pytest
+
+from data_tools.atomic import atomic_dir, write_text, write_together
 
 
 def test_written_files_and_folders_get_ordinary_modes(tmp_path) -> None:
@@ -24,3 +28,16 @@ def test_written_files_and_folders_get_ordinary_modes(tmp_path) -> None:
 
     assert mode("a.txt") == mode("ordinary.txt") == 0o644
     assert mode("d") == mode("ordinary") == 0o755
+
+
+def test_files_replaced_together_are_all_kept_when_the_disk_fills(small_disk) -> None:
+    small_disk.resize(256 << 10)
+    summary, examples = small_disk.path / "summary.json", small_disk.path / "examples.jsonl"
+    write_together({summary: "old\n", examples: "old\n"})
+    with pytest.raises(OSError) as raised:  # the summary fits; the examples do not
+        write_together({summary: "new\n", examples: "x" * (512 << 10)})
+    assert raised.value.errno == errno.ENOSPC
+    assert summary.read_text() == examples.read_text() == "old\n"
+    assert sorted(p.name for p in small_disk.path.iterdir()) == ["examples.jsonl", "summary.json"]
+    write_together({summary: "new\n", examples: "new\n"})
+    assert summary.read_text() == examples.read_text() == "new\n"

@@ -191,3 +191,22 @@ def test_a_resume_with_other_options_is_refused_with_what_differs(copy, root):
         assert difference in error
     assert "new output_dir" in error
     assert files(copy) == before
+
+
+def test_a_full_disk_is_named_and_the_run_resumes_once_space_is_freed(finished, root, small_disk):
+    """Room for the first checkpoint but not for the second beside it: the save fails with the
+    path named, `latest` stays on step_2, and with room again the rerun ends as the
+    uninterrupted run."""
+    checkpoint = sum(p.stat().st_size for p in (finished / "checkpoints/step_2").rglob("*"))
+    small_disk.resize(int(1.5 * checkpoint) + (128 << 10))  # + metrics, DeepSpeed's scripts
+    out = small_disk.path / "run"
+    result, _ = train(root, out, check=False)
+    assert result.returncode != 0
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: {out / 'checkpoints/step_4'}: the checkpoint could not be")
+    assert "the disk is full" in error and "Traceback" not in result.stderr, result.stderr
+    assert (out / "checkpoints/latest").read_text().strip() == "step_2"
+    small_disk.resize(4 * checkpoint + (4 << 20))
+    result, _ = train(root, out)
+    assert "steps 2 -> 4" in result.stdout
+    assert_same_run(out, finished)

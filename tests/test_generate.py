@@ -228,6 +228,11 @@ def test_resume_after_sigkill(files: Path, reference: list[dict]) -> None:
     assert not out.exists()
     done = part.read_text().count("\n")
     assert 2 <= done < len(reference)
+    # A rerun that would decode otherwise refuses, naming the difference, and keeps the parts.
+    other = run("generate", command(files, out, "--max_new_tokens", str(MAX_NEW + 1)), check=False)
+    assert other.returncode == 2, other.stderr[-2000:]
+    assert f"max_new_tokens {MAX_NEW} -> {MAX_NEW + 1}" in other.stderr
+    assert "Traceback" not in other.stderr and part.read_text().count("\n") == done
     proc = run("generate", command(files, out, "--batch_size", "16"))
     assert f"{done} done before" in proc.stdout + proc.stderr
     assert lines(out) == reference

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from pipeline.__main__ import last_progress
 from tests.launch import REPO, TINY_PIPELINE, env
 
 pytestmark = pytest.mark.slow
@@ -72,6 +74,9 @@ def test_pipeline_resumes_after_kill(tmp_path: Path) -> None:
         assert f"[done before] {name}\n" in second.stdout
         assert (run_dir / file).stat().st_mtime_ns == before[name], f"{name} was redone"
     assert "[running] bash_round1" in second.stdout
+    # The bar on stderr: the running stage's own progress (train's loss), and every stage done.
+    assert "loss=" in second.stderr
+    assert re.search(r"\| (\d+)/\1 \[", second.stderr), second.stderr[-2000:]
 
     results = {r["method"]: r for r in json.loads((run_dir / "results.json").read_text())}
     assert set(results) == {"sft_base", "sft", "bash", "rac", "rac_self_correct", "scs"}
@@ -81,3 +86,13 @@ def test_pipeline_resumes_after_kill(tmp_path: Path) -> None:
     assert "| bash |" in (run_dir / "results.md").read_text()
     # Every stage ran exactly once over the two runs: its time was recorded once and kept.
     assert set(FINISHED_BEFORE_KILL) <= set(json.loads(timings.read_text()))
+
+
+def test_last_progress_is_the_last_redrawn_line(tmp_path: Path) -> None:
+    log = tmp_path / "stage.log"
+    log.write_text("loading\n 0%|  | 0/60 [00:00<?]\r 53%|#####3    | 32/60 [01:35<01:23]\r\n\n")
+    assert last_progress(log) == "53%|#####3    | 32/60 [01:35<01:23]"
+    log.write_text("x" * 5000)
+    assert last_progress(log, width=10) == "..." + "x" * 10
+    log.write_text("")
+    assert last_progress(log) == ""

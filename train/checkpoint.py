@@ -327,16 +327,19 @@ def save(
             _discard(stale)
     barrier()
     client_state = {"step": step, "world_size": world}
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
-    with atomic_open(folder / f"rng_rank{dist.get_rank()}.pt", "wb") as f:
-        torch.save(_rng_state(), f)
-    if is_main():
-        split = {
-            "micro_batch_size": engine.train_micro_batch_size_per_gpu(),
-            "gradient_accumulation_steps": engine.gradient_accumulation_steps(),
-        }
-        state = {**client_state, **split, "eval_loss": eval_loss, "run": identity}
-        write_json(folder / RUN_STATE, state)
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+        with atomic_open(folder / f"rng_rank{dist.get_rank()}.pt", "wb") as f:
+            torch.save(_rng_state(), f)
+        if is_main():
+            split = {
+                "micro_batch_size": engine.train_micro_batch_size_per_gpu(),
+                "gradient_accumulation_steps": engine.gradient_accumulation_steps(),
+            }
+            state = {**client_state, **split, "eval_loss": eval_loss, "run": identity}
+            write_json(folder / RUN_STATE, state)
+    except (OSError, RuntimeError) as e:  # torch.save on a full disk: "unexpected pos", no path
+        raise _unwritten(folder, e) from e
     barrier()
     _write_manifest(folder)
     if is_main():
@@ -344,6 +347,18 @@ def save(
         rotate(ckpt_dir, keep_last, keep_best)
     barrier()
     return tag
+
+
+def _unwritten(folder: Path, error: Exception) -> OSError:
+    """The error of a checkpoint that could not be written: its folder, the cause, and the free
+    space, since a full disk is the usual cause and torch's own error does not say so."""
+    free = shutil.disk_usage(folder.parent).free
+    cause = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    full = ": the disk is full" if free < (1 << 20) else ""
+    return OSError(
+        f"{folder}: the checkpoint could not be written ({cause}); {free / 2**20:.1f} MiB free"
+        f"{full}. The previous checkpoint is still `latest`: free space and rerun to resume"
+    )
 
 
 def rotate(ckpt_dir: Path, keep_last: int, keep_best: bool) -> list[str]:
