@@ -1,4 +1,5 @@
-"""The one record every loader produces, whatever the source dataset looked like."""
+"""The records the loaders produce, whatever the source dataset looked like: examples (a prompt
+and its response) and preference pairs."""
 
 from __future__ import annotations
 
@@ -34,3 +35,15 @@ class Example:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A prompt and two responses to it, the chosen one preferred to the rejected one (DPO's
+    data). `origin` as for `Example`."""
+
+    id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    origin: str = ""

@@ -12,9 +12,9 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import datasets
 from datasets.exceptions import DatasetsError
@@ -28,9 +28,10 @@ Row = dict[str, Any]
 Adapted = tuple[str, str, dict[str, Any]]  # prompt, response, meta
 ID_FIELDS = ("id", "prompt_id")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+T = TypeVar("T")
 
 
-def _text(row: Row, key: str, where: str, *, optional: bool = False, field: str = "") -> str:
+def text_field(row: Row, key: str, where: str, *, optional: bool = False, field: str = "") -> str:
     """A string field that must be present and not blank (or, if optional, may be absent).
     `field` names it in errors when it is nested (e.g. "messages[2].content")."""
     field = field or key
@@ -63,7 +64,7 @@ def _count(row: Row, key: str, where: str) -> int | None:
 def _gsm8k(row: Row, where: str) -> Adapted:
     """A question and its worked answer. The number of reasoning steps (for accuracy by problem
     length) is the row's `num_steps`, or else the answer's lines before GSM8K's "####" line."""
-    question, answer = _text(row, "question", where), _text(row, "answer", where)
+    question, answer = text_field(row, "question", where), text_field(row, "answer", where)
     steps = _count(row, "num_steps", where)
     if steps is None:
         steps = sum(1 for line in answer.split("####")[0].splitlines() if line.strip())
@@ -71,51 +72,63 @@ def _gsm8k(row: Row, where: str) -> Adapted:
 
 
 def _tldr(row: Row, where: str) -> Adapted:
-    return _text(row, "prompt", where), _text(row, "label", where), {}
+    return text_field(row, "prompt", where), text_field(row, "label", where), {}
 
 
 def _plain(row: Row, where: str) -> Adapted:
-    return _text(row, "prompt", where), _text(row, "response", where), {}
+    return text_field(row, "prompt", where), text_field(row, "response", where), {}
 
 
 def _alpaca(row: Row, where: str) -> Adapted:
-    instruction, extra = _text(row, "instruction", where), _text(row, "input", where, optional=True)
+    instruction, extra = (
+        text_field(row, "instruction", where),
+        text_field(row, "input", where, optional=True),
+    )
     prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    return prompt, _text(row, "output", where), {}
+    return prompt, text_field(row, "output", where), {}
 
 
-def _messages(row: Row, where: str) -> Adapted:
-    """The last assistant message is the response; the turns before it are the prompt.
-
-    A single user turn is the prompt verbatim; a longer history (system prompt, earlier turns) is
-    flattened into one text, "Role: content" per turn separated by blank lines, because the
-    prompt is later wrapped as one user message. Turns after the last assistant reply are ignored.
-    """
-    messages = row.get("messages")
+def message_turns(messages: object, where: str, field: str) -> list[tuple[str, Row]]:
+    """(role, message) for each message of a chat list ([{"role", "content"}, ...]), its role
+    checked; `field` names the list in errors. The contents are checked by the caller, which
+    knows which turns it reads."""
     if messages is None:
-        raise DataError(where, "messages", "missing (or null)")
+        raise DataError(where, field, "missing (or null)")
     if not isinstance(messages, list):
-        raise DataError(where, "messages", f"expected a list, got {type(messages).__name__}")
+        raise DataError(where, field, f"expected a list, got {type(messages).__name__}")
     turns = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
-            raise DataError(where, f"messages[{i}]", f"expected an object, got {type(m).__name__}")
-        turns.append((_text(m, "role", where, field=f"messages[{i}].role"), m))
+            raise DataError(where, f"{field}[{i}]", f"expected an object, got {type(m).__name__}")
+        turns.append((text_field(m, "role", where, field=f"{field}[{i}].role"), m))
+    return turns
+
+
+def history_prompt(history: list[tuple[str, str]]) -> str:
+    """The prompt of the (role, content) turns before a response. A single user turn is the
+    prompt verbatim; a longer history (system prompt, earlier turns) is flattened into one text,
+    "Role: content" per turn separated by blank lines, because the prompt is later wrapped as
+    one user message."""
+    if len(history) == 1 and history[0][0] == "user":
+        return history[0][1]
+    return "\n\n".join(f"{role.capitalize()}: {content}" for role, content in history)
+
+
+def _messages(row: Row, where: str) -> Adapted:
+    """The last assistant message is the response; the turns before it are the prompt
+    (`history_prompt`). Turns after the last assistant reply are ignored."""
+    turns = message_turns(row.get("messages"), where, "messages")
     last = max((i for i, (role, _) in enumerate(turns) if role == "assistant"), default=None)
     if last is None:
         raise DataError(where, "messages", "no assistant reply to use as the response")
     if last == 0:
         raise DataError(where, "messages", "nothing before the assistant reply to use as prompt")
-    response = _text(turns[last][1], "content", where, field=f"messages[{last}].content")
+    response = text_field(turns[last][1], "content", where, field=f"messages[{last}].content")
     history = [
-        (role, _text(m, "content", where, field=f"messages[{i}].content"))
+        (role, text_field(m, "content", where, field=f"messages[{i}].content"))
         for i, (role, m) in enumerate(turns[:last])
     ]
-    if len(history) == 1 and history[0][0] == "user":
-        prompt = history[0][1]
-    else:
-        prompt = "\n\n".join(f"{role.capitalize()}: {content}" for role, content in history)
-    return prompt, response, {}
+    return history_prompt(history), response, {}
 
 
 # Checked in this order by "auto": the first layout whose columns the row has wins.
@@ -142,12 +155,12 @@ def detect_format(row: Row, where: str) -> str:
     )
 
 
-def content_id(prompt: str, response: str) -> str:
-    """A stable id for rows without one: the same text always gets the same id."""
-    return hashlib.sha256(f"{prompt}\x00{response}".encode()).hexdigest()[:16]
+def content_id(*texts: str) -> str:
+    """A stable id for rows without one: the same texts always get the same id."""
+    return hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
 
 
-def _row_id(row: Row, where: str) -> str | None:
+def row_id(row: Row, where: str) -> str | None:
     for key in ID_FIELDS:
         value = row.get(key)
         if value is None:
@@ -213,6 +226,21 @@ def unique_id(row: Row, where: str, seen: dict[str, str]) -> str:
     return row_id
 
 
+def check_covered(
+    path: str, seen: Mapping[str, str], found: Mapping[str, object], ids: Sequence[str], what: str
+) -> None:
+    """Refuse a file of self-generated data (BASH's predictions, DPO's reference
+    log-probabilities) that has no rows (`seen`: every row's id), or no row `found` for some of
+    the `ids` a run needs."""
+    if not seen:
+        raise DataError(path, None, f"no {what}")
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise DataError(
+            path, "id", f"no {what} for {len(missing)} of the run's items (first: {missing[:3]})"
+        )
+
+
 def token_ids(value: object, where: str, field: str, vocab_size: int) -> list[int]:
     """`value` checked as the token ids of a vocabulary of `vocab_size`: a list of integers in
     [0, vocab_size). A float (even 3.0), a boolean or an id outside the vocabulary is refused,
@@ -231,7 +259,7 @@ def token_ids(value: object, where: str, field: str, vocab_size: int) -> list[in
     return value
 
 
-def _rows(source: str, name: str | None, split: str) -> Iterator[tuple[str, Row | DataError]]:
+def source_rows(source: str, name: str | None, split: str) -> Iterator[tuple[str, Row | DataError]]:
     """(where, row) pairs; `where` is "path:LINE" (1-based), "path[row N]" or "dataset[split] row N"
     (N 0-based, as in `ds[N]`)."""
     path = Path(source)
@@ -259,6 +287,54 @@ def _rows(source: str, name: str | None, split: str) -> Iterator[tuple[str, Row 
         yield f"{source}[{split}] row {i}", row
 
 
+def load_records(
+    source: str,
+    reader: Callable[[Row, str], Callable[[Row, str], tuple[str, T]]],
+    *,
+    what: str,
+    name: str | None = None,
+    split: str = "train",
+    limit: int | None = None,
+    skip_invalid: bool = False,
+) -> tuple[list[T], int]:
+    """The first `limit` valid records of `source` and how many invalid rows were skipped.
+
+    `source` is a .jsonl/.json/.parquet file or a hub dataset (`name` is its config). `reader`
+    sees the first readable row and returns the function that makes a row's (id, record): data
+    in no layout it knows is not a bad row, and fails even with `skip_invalid`. Ids must be
+    unique. No record at all is an error ("no `what`").
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    records: list[T] = []
+    seen: dict[str, str] = {}
+    skipped = 0
+    read = None
+    for where, row in source_rows(source, name, split):
+        if limit is not None and len(records) >= limit:
+            break
+        if read is None and not isinstance(row, DataError):
+            read = reader(row, where)
+        try:
+            if isinstance(row, DataError):
+                raise row
+            id_, record = read(row, where)
+            if id_ in seen:
+                raise DataError(where, "id", f"duplicate id {id_!r}, first at {seen[id_]}")
+        except DataError as e:
+            if not skip_invalid:
+                raise
+            skipped += 1
+            log.warning("skipped: %s", e)
+            continue
+        seen[id_] = where
+        records.append(record)
+    if not records:  # an empty file would make an empty output, and a run of nothing
+        why = f": all {skipped} rows are invalid (skip_invalid)" if skipped else ""
+        raise DataError(source, None, f"no {what}{why}")
+    return records, skipped
+
+
 def load_examples(
     source: str,
     *,
@@ -269,43 +345,31 @@ def load_examples(
     limit: int | None = None,
     skip_invalid: bool = False,
 ) -> tuple[list[Example], int]:
-    """The first `limit` valid examples of `source` and how many invalid rows were skipped.
-
-    `source` is a .jsonl/.json/.parquet file or a hub dataset (`name` is its config). Ids are the
-    row's `id` (or `prompt_id`) when it has one, else a hash of the text; they must be unique.
+    """The first `limit` valid examples of `source` and how many invalid rows were skipped
+    (`load_records`). `format` "auto" takes the layout of the first row's columns. Ids are the
+    row's `id` (or `prompt_id`) when it has one, else a hash of the text.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
-    examples: list[Example] = []
-    seen: dict[str, str] = {}
-    skipped = 0
-    adapter = None if format == "auto" else ADAPTERS[format][1]
-    for where, row in _rows(source, name, split):
-        if limit is not None and len(examples) >= limit:
-            break
-        if adapter is None and not isinstance(row, DataError):
-            # Data in no known layout is not a bad row: it fails even with `skip_invalid`.
-            adapter = ADAPTERS[detect_format(row, where)][1]
-        try:
-            if isinstance(row, DataError):
-                raise row
+
+    def reader(first: Row, where: str) -> Callable[[Row, str], tuple[str, Example]]:
+        adapter = ADAPTERS[detect_format(first, where) if format == "auto" else format][1]
+
+        def example(row: Row, where: str) -> tuple[str, Example]:
             prompt, response, meta = adapter(row, where)
-            id_ = _row_id(row, where) or content_id(prompt, response)
-            if id_ in seen:
-                raise DataError(where, "id", f"duplicate id {id_!r}, first at {seen[id_]}")
-        except DataError as e:
-            if not skip_invalid:
-                raise
-            skipped += 1
-            log.warning("skipped: %s", e)
-            continue
-        seen[id_] = where
-        examples.append(Example(id_, prompt, response, task, where, meta))
-    if not examples:  # an empty file would make an empty output, and a run of nothing
-        why = f": all {skipped} rows are invalid (skip_invalid)" if skipped else ""
-        raise DataError(source, None, f"no examples{why}")
-    return examples, skipped
+            id_ = row_id(row, where) or content_id(prompt, response)
+            return id_, Example(id_, prompt, response, task, where, meta)
+
+        return example
+
+    return load_records(
+        source,
+        reader,
+        what="examples",
+        name=name,
+        split=split,
+        limit=limit,
+        skip_invalid=skip_invalid,
+    )

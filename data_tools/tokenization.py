@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from transformers import PreTrainedTokenizerBase
 
 from data_tools.prompting import format_prompt, uses_chat_template
-from data_tools.schema import DataError, Example
+from data_tools.schema import DataError, Example, Preference
 
 IGNORE_INDEX = -100
 OVERLONG_POLICIES = ("truncate", "error", "skip")
@@ -43,10 +43,11 @@ class TruncationReport:
     prompts_cut: int = 0
     prompt_tokens_cut: int = 0
     skipped_ids: list[str] = field(default_factory=list)
+    unit: str = "examples"  # what `examples` counts (preference pairs, for DPO)
 
     def summary(self) -> str:
         return (
-            f"{self.examples} examples: {self.prompts_cut} prompts cut from the left "
+            f"{self.examples} {self.unit}: {self.prompts_cut} prompts cut from the left "
             f"({self.prompt_tokens_cut} tokens), {len(self.skipped_ids)} skipped as too long"
             + (f" (first: {self.skipped_ids[:5]})" if self.skipped_ids else "")
         )
@@ -121,34 +122,92 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> li
 
 
 def _overlong(
-    example: Example, policy: str, field_name: str, problem: str, report: TruncationReport
+    item: Example | Preference,
+    policy: str,
+    field_name: str,
+    problem: str,
+    report: TruncationReport,
 ) -> None:
     if policy == "skip":
-        report.skipped_ids.append(example.id)
+        report.skipped_ids.append(item.id)
         return
     raise DataError(
-        example.origin or f"example {example.id}",
+        item.origin or f"example {item.id}",
         field_name,
         problem + " (set overlong: skip to skip such examples)",
     )
 
 
-def check_sample(example: Example, encoded: Encoded, eos_id: int, response_tokens: int) -> None:
+def response_ids(tokenizer: PreTrainedTokenizerBase, responses: Sequence[str]) -> list[list[int]]:
+    """The responses' tokens, without EOS; special-token text in them stays text."""
+    return tokenizer(list(responses), add_special_tokens=False, split_special_tokens=True)[
+        "input_ids"
+    ]
+
+
+def fit_prompt(
+    item: Example | Preference,
+    prompt: list[int],
+    response_length: int,
+    max_length: int,
+    overlong: str,
+    report: TruncationReport,
+    frame: PromptFrame,
+    response_field: str = "response",
+) -> list[int] | None:
+    """`prompt` fitted before `response_length` tokens (EOS included) in `max_length`, as
+    `overlong` says: cut from the left inside its text ("truncate", counted in `report`),
+    refused ("error"), or None ("skip", counted). A response that cannot fit even with an empty
+    prompt is an error unless "skip" is chosen."""
+    room = max_length - response_length
+    if room < frame.min_length:
+        _overlong(
+            item,
+            "error" if overlong == "truncate" else overlong,
+            response_field,
+            f"{response_length} response tokens leave no room for the prompt in max_length={max_length}",
+            report,
+        )
+        return None
+    if len(prompt) <= room:
+        return prompt
+    if overlong != "truncate":
+        _overlong(
+            item,
+            overlong,
+            "prompt",
+            f"{len(prompt)} prompt + {response_length} response tokens exceed max_length={max_length}",
+            report,
+        )
+        return None
+    report.prompts_cut += 1
+    report.prompt_tokens_cut += len(prompt) - room
+    return frame.cut(prompt, room)
+
+
+def check_sample(
+    example: Example | Preference,
+    encoded: Encoded,
+    eos_id: int,
+    response_tokens: int,
+    field_name: str = "response",
+) -> None:
     """Refuse a training sample that would teach nothing, or never to stop: one without any
     trained token, one whose response lost every token (to truncation or tokenization), and one
     whose final EOS is not trained (the classic bug when pad = EOS and padding is masked by id).
-    Nothing is skipped silently: the error names the example and where it came from."""
+    Nothing is skipped silently: the error names the example, where it came from, and the
+    response's field (`field_name`)."""
     where = example.origin or f"example {example.id}"
     if all(label == IGNORE_INDEX for label in encoded.labels):
-        raise DataError(where, "response", f"example {example.id!r} has no trained token")
+        raise DataError(where, field_name, f"example {example.id!r} has no trained token")
     if response_tokens == 0:
         raise DataError(
-            where, "response", f"example {example.id!r}: no response token is left to train on"
+            where, field_name, f"example {example.id!r}: no response token is left to train on"
         )
     if encoded.input_ids[-1] != eos_id or encoded.labels[-1] != eos_id:
         raise DataError(
             where,
-            "response",
+            field_name,
             f"example {example.id!r}: the final EOS ({eos_id}) is not trained (labels end with "
             f"{encoded.labels[-3:]}): the model would never learn to stop",
         )
@@ -174,36 +233,13 @@ def encode_examples(
     if not examples:  # the tokenizer cannot take an empty batch (IndexError)
         return [], report
     prompts, frame = prompt_ids(tokenizer, [e.prompt for e in examples]), prompt_frame(tokenizer)
-    responses = [e.response for e in examples]
-    responses = tokenizer(responses, add_special_tokens=False, split_special_tokens=True)[
-        "input_ids"
-    ]
+    responses = response_ids(tokenizer, [e.response for e in examples])
     encoded = []
     for example, prompt, response in zip(examples, prompts, responses, strict=True):
         response = response + [tokenizer.eos_token_id]
-        room = max_length - len(response)
-        if room < frame.min_length:
-            _overlong(
-                example,
-                "error" if overlong == "truncate" else overlong,
-                "response",
-                f"{len(response)} response tokens leave no room for the prompt in max_length={max_length}",
-                report,
-            )
+        prompt = fit_prompt(example, prompt, len(response), max_length, overlong, report, frame)
+        if prompt is None:
             continue
-        if len(prompt) > room:
-            if overlong != "truncate":
-                _overlong(
-                    example,
-                    overlong,
-                    "prompt",
-                    f"{len(prompt)} prompt + {len(response)} response tokens exceed max_length={max_length}",
-                    report,
-                )
-                continue
-            report.prompts_cut += 1
-            report.prompt_tokens_cut += len(prompt) - room
-            prompt = frame.cut(prompt, room)
         context = prompt[:1] if loss_on == "all" else prompt
         labels = [IGNORE_INDEX] * len(context) + prompt[len(context) :] + response
         encoded.append(Encoded(example.id, prompt + response, labels))

@@ -15,6 +15,10 @@ SIGTERM or SIGUSR1 (runtime/stopping.py) ends each rank after the batch it is ge
 its parts intact, and exit status 75: a rerun goes on from there. Rank 0 holds `<output>.lock`
 while it runs: a second generation into the same output refuses.
 
+With `--pair_logps true` the data is preference pairs, and each line holds the model's summed
+log-probabilities of a pair's chosen and rejected responses (DPO's reference, for `train --mode
+dpo`; methods/dpo.py), with the model and tokenizer fingerprints that `train` checks.
+
 One line per example: {"id", "prompt", "reference", "generation", "generation_ids", "task",
 "meta"}. `generation_ids` are the new tokens up to and including the first EOS (absent when
 `max_new_tokens` cut the generation short), never padding; `generation` is their text without
@@ -42,11 +46,12 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from data_tools.atomic import write_json, write_jsonl
 from data_tools.config import parse_config
 from data_tools.errors import run_tool
-from data_tools.schema import Example
+from data_tools.schema import Example, Preference
 from generate.args import GenerateArgs
 from generate.dry_run import plan_generate
 from generate.inputs import Inputs, build_inputs, check_positions
 from methods.correction import self_correct
+from methods.dpo import reference_rows
 from methods.scheduled_sampling import teacher_forced_predictions
 from runtime import distributed
 from runtime.args import DataArgs, ModelArgs
@@ -148,13 +153,15 @@ def generate_rows(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     args: GenerateArgs,
-    batch: list[Example],
+    batch: list[Example] | list[Preference],
     inputs: Inputs,
     indices: list[int],
 ) -> list[dict[str, Any]]:
-    """The output rows of one batch (`indices` into `inputs`): the model's predictions under
-    teacher forcing, or a generation (greedy or sampled; with `self_correct`, RAC's draft,
-    marker and correction)."""
+    """The output rows of one batch (`indices` into `inputs`): the log-probabilities of pairs, the
+    model's predictions under teacher forcing, or a generation (greedy or sampled; with
+    `self_correct`, RAC's draft, marker and correction)."""
+    if args.pair_logps:
+        return reference_rows(model, [inputs.pairs[i] for i in indices], tokenizer.pad_token_id)
     seeds = [example_seed(args.seed, e.id) for e in batch] if args.do_sample else None
     if args.teacher_forced:
         temperature = args.temperature if args.do_sample else 0.0
@@ -189,7 +196,11 @@ def main(argv: list[str] | None = None) -> None:
     output, parts = Path(args.output), Path(f"{args.output}.parts")
     # What is left to do: every id (load_examples refuses duplicates) not in the output or in a
     # part file of an earlier run.
-    examples = with_samples(data_args.load(), args.num_samples)
+    examples = (
+        data_args.load_preferences()
+        if args.pair_logps
+        else with_samples(data_args.load(), args.num_samples)
+    )
     done = read_rows(output)
     if args.dry_run:
         plan_generate(model_args, data_args, args, examples, {**done, **read_parts(parts)})
@@ -238,7 +249,9 @@ def main(argv: list[str] | None = None) -> None:
             pad_token_id=tokenizer.pad_token_id,
         )
         model.to(distributed.device()).eval()
-        check_positions(getattr(model.config, "max_position_embeddings", None), args)
+        check_positions(
+            getattr(model.config, "max_position_embeddings", None), args, data_args.max_length
+        )
         fingerprints = {
             "model_fingerprint": model_fingerprint(model_args.model_name_or_path),
             "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
@@ -249,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
         # Every rank builds all that is left and deals the same length-sorted list round-robin,
         # so shards are equally long and, sliced in order, give batches of similar length.
         inputs = build_inputs(tokenizer, todo, data_args, args)
-        if distributed.is_main() and not args.teacher_forced:
+        if distributed.is_main() and not (args.teacher_forced or args.pair_logps):
             print(
                 f"{inputs.prompts_cut} prompts cut to max_prompt_length={args.max_prompt_length}",
                 flush=True,
@@ -293,7 +306,13 @@ def main(argv: list[str] | None = None) -> None:
             f"wrote {len(examples)} generations to {output} ({len(todo)} generated now)", flush=True
         )
         tracker.summary({"examples": len(examples), "generated": len(todo)})
-        kind = "predictions" if args.teacher_forced else "generations"
+        kind = (
+            "predictions"
+            if args.teacher_forced
+            else "reference_logps"
+            if args.pair_logps
+            else "generations"
+        )
         tracker.log_artifact(kind, output)
     tracker.finish()
 

@@ -31,6 +31,13 @@ class GenerateArgs:
             "position, from one forward pass over prompt + reference (BASH's predictions)"
         },
     )
+    pair_logps: bool = field(
+        default=False,
+        metadata={
+            "help": "data of preference pairs: the model's log-probabilities of each pair's chosen"
+            " and rejected responses, from one forward pass (DPO's reference, for train --mode dpo)"
+        },
+    )
     num_samples: int = field(
         default=1, metadata={"help": "generations per prompt (with do_sample)"}
     )
@@ -64,6 +71,13 @@ class GenerateArgs:
         if self.teacher_forced and (self.self_correct or self.num_samples > 1):
             raise ValueError(
                 "teacher_forced makes one prediction per position: no self_correct or num_samples"
+            )
+        if self.pair_logps and (
+            self.teacher_forced or self.self_correct or self.do_sample or self.num_samples > 1
+        ):
+            raise ValueError(
+                "pair_logps scores the pairs' own responses: no teacher_forced, self_correct, "
+                "do_sample or num_samples"
             )
         if self.teacher_forced and self.top_p != 1.0:
             raise ValueError("teacher_forced sampling uses temperature only; leave top_p at 1.0")

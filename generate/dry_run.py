@@ -32,9 +32,9 @@ def plan_generate(
     tokenizer = load_tokenizer(model_args.tokenizer_path())
     config = model_config(tokenizer, model_args)
     todo = [e for e in examples if e.id not in done]
-    check_positions(getattr(config, "max_position_embeddings", None), args)
+    check_positions(getattr(config, "max_position_embeddings", None), args, data_args.max_length)
     lengths = build_inputs(tokenizer, todo, data_args, args).lengths
-    new_tokens = 0 if args.teacher_forced else args.max_new_tokens
+    new_tokens = 0 if args.teacher_forced or args.pair_logps else args.max_new_tokens
     new_tokens *= 2 if args.self_correct else 1
     num_params, _ = count_parameters(config)
     weights = BYTES[precision] * num_params
@@ -49,7 +49,13 @@ def plan_generate(
     lines = [
         "dry run: the plan below is checked; no model is loaded and nothing is written",
         f"world size {world}, precision {precision}, "
-        + ("teacher forced" if args.teacher_forced else "generation"),
+        + (
+            "teacher forced"
+            if args.teacher_forced
+            else "pair log-probabilities"
+            if args.pair_logps
+            else "generation"
+        ),
         f"examples: {len(examples)}, {len(examples) - len(todo)} done before, {len(todo)} to do: "
         f"{batches} batches of {args.batch_size} per rank",
     ]

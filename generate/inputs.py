@@ -1,16 +1,19 @@
 """What `generate` feeds the model, built once for the run and its dry run: whole training
 sequences (teacher forcing, encoded exactly as `train` encodes them so that the predictions align
-with its labels), or prompts (free running), with the checks that refuse a run before it starts.
+with its labels), preference pairs (their reference log-probabilities, encoded as `train --mode
+dpo` encodes them), or prompts (free running), with the checks that refuse a run before it
+starts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from data_tools.schema import Example
+from data_tools.preferences import EncodedPair, encode_pairs
+from data_tools.schema import Example, Preference
 from data_tools.tokenization import Encoded, encode_examples, encode_prompts
 from runtime.args import DataArgs
 
@@ -21,11 +24,21 @@ class Inputs:
     prompts: list[list[int]]  # free running: the prompts' tokens
     lengths: list[int]  # tokens per input, to batch by length
     prompts_cut: int  # free running: prompts cut to max_prompt_length
+    pairs: list[EncodedPair] = field(default_factory=list)  # pair_logps
 
 
-def check_positions(max_positions: int | None, args: Any) -> None:
-    """Refuse a prompt budget plus generation budget the model has no positions for."""
-    if max_positions and args.max_prompt_length + args.max_new_tokens > max_positions:
+def check_positions(max_positions: int | None, args: Any, max_length: int) -> None:
+    """Refuse inputs the model has no positions for: whole sequences of up to `max_length`
+    tokens (teacher forcing, pair log-probabilities), or a prompt budget plus a generation
+    budget."""
+    if not max_positions:
+        return
+    if args.teacher_forced or args.pair_logps:
+        if max_length > max_positions:
+            raise SystemExit(
+                f"max_length {max_length} exceeds the model's {max_positions} positions; lower it"
+            )
+    elif args.max_prompt_length + args.max_new_tokens > max_positions:
         raise SystemExit(
             f"max_prompt_length {args.max_prompt_length} + max_new_tokens {args.max_new_tokens} "
             f"exceed the model's {max_positions} positions; lower one of them"
@@ -33,9 +46,19 @@ def check_positions(max_positions: int | None, args: Any) -> None:
 
 
 def build_inputs(
-    tokenizer: PreTrainedTokenizerBase, examples: list[Example], data_args: DataArgs, args: Any
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example] | list[Preference],
+    data_args: DataArgs,
+    args: Any,
 ) -> Inputs:
-    """The model's inputs for `examples`, `args` being `GenerateArgs`."""
+    """The model's inputs for `examples` (pairs with `pair_logps`), `args` being `GenerateArgs`."""
+    if args.pair_logps:
+        pairs, report = encode_pairs(tokenizer, examples, data_args.max_length, data_args.overlong)
+        if report.skipped_ids:
+            raise SystemExit(
+                f"pair_logps: {report.summary()}; every pair needs its log-probabilities"
+            )
+        return Inputs([], [], [p.num_tokens for p in pairs], 0, pairs)
     if args.teacher_forced:
         encoded, report = encode_examples(
             tokenizer, examples, data_args.max_length, data_args.overlong

@@ -45,6 +45,7 @@ from data_tools.tokenization import (
     check_sample,
     prompt_frame,
     prompt_ids,
+    response_ids,
 )
 from runtime.args import DataArgs
 from runtime.generation import eos_ids, generate_batch
@@ -81,13 +82,6 @@ def _strip_eos(ids: Sequence[int], eos_id: int) -> list[int]:
     return list(ids[:-1]) if ids and ids[-1] == eos_id else list(ids)
 
 
-def _reference_ids(tokenizer: PreTrainedTokenizerBase, responses: Sequence[str]) -> list[list[int]]:
-    """Responses tokenized exactly as `encode_examples` does, without the EOS."""
-    return tokenizer(list(responses), add_special_tokens=False, split_special_tokens=True)[
-        "input_ids"
-    ]
-
-
 def encode_correction(
     tokenizer: PreTrainedTokenizerBase,
     example: Example,
@@ -112,7 +106,7 @@ def encode_correction(
     _check_marker(marker)
     eos, frame = tokenizer.eos_token_id, prompt_frame(tokenizer)
     prompt = prompt_ids(tokenizer, [example.prompt])[0]
-    reference = _reference_ids(tokenizer, [example.response])[0]
+    reference = response_ids(tokenizer, [example.response])[0]
     draft = [] if draft_ids is None else _strip_eos(draft_ids, eos)
     if draft_ids is None or draft == reference:
         draft, marker_ids = [], []
@@ -204,9 +198,11 @@ def _hash_int(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("\x00".join(map(str, parts)).encode()).digest(), "little")
 
 
-def _is_right(tokenizer: PreTrainedTokenizerBase, draft: list[int], example: Example) -> bool:
+def is_right(text: str, example: Example) -> bool:
+    """Whether the model's `text` has the final answer of `example`'s reference (math: the
+    task whose scorer says right or wrong); a reference without a number is a `DataError`."""
     try:
-        return math_exact_match(tokenizer.decode(draft, skip_special_tokens=True), example.response)
+        return math_exact_match(text, example.response)
     except ValueError as e:
         raise DataError(example.origin or f"example {example.id}", "response", str(e)) from e
 
@@ -269,7 +265,7 @@ def build_rac_samples(
         "rows": 0,
     }
     corrections: dict[str, list[dict[str, Any]]] = {e.id: [] for e in examples}
-    references = _reference_ids(tokenizer, [e.response for e in examples])
+    references = response_ids(tokenizer, [e.response for e in examples])
     for example, reference in zip(examples, references, strict=True):
         for k, draft_ids in enumerate(drafts.get(example.id, [])):
             report["drafts"] += 1
@@ -281,7 +277,7 @@ def build_rac_samples(
                 report["equal_to_reference"] += 1
                 continue
             if scored:
-                right = _is_right(tokenizer, draft, example)
+                right = is_right(tokenizer.decode(draft, skip_special_tokens=True), example)
                 report["right" if right else "wrong"] += 1
                 if only_wrong and right:
                     continue

@@ -55,8 +55,9 @@ import torch
 
 from data_tools.collate import pad_right
 from data_tools.schema import DataError
-from data_tools.sources import jsonl_objects, token_ids, unique_id
+from data_tools.sources import check_covered, jsonl_objects, token_ids, unique_id
 from data_tools.tokenization import IGNORE_INDEX, Encoded
+from runtime.fingerprint import check_fingerprints
 
 SCHEDULE_KINDS = ("constant", "linear", "inverse_sigmoid", "exponential")
 
@@ -233,16 +234,7 @@ def load_predictions(
     seen: dict[str, str] = {}
     for where, row in jsonl_objects(path):
         row_id = unique_id(row, where, seen)
-        for field, expected, what in (
-            ("tokenizer_fingerprint", tokenizer_fp, "another tokenizer than this run's"),
-            ("model_fingerprint", model_fp, "other weights than those this run starts from"),
-        ):
-            if row.get(field) != expected:
-                raise DataError(
-                    where,
-                    field,
-                    f"made with {what} ({row.get(field)} != {expected}); regenerate them",
-                )
+        check_fingerprints(row, where, tokenizer_fp, model_fp)
         field = next((f for f in ("predictions", "generation_ids") if f in row), None)
         if field is None:
             raise DataError(
@@ -261,13 +253,5 @@ def load_predictions(
                 f"{len(tokens)} tokens for {len(response_positions(example))} response positions",
             )
         out[row_id] = tokens
-    if not seen:
-        raise DataError(path, None, "no predictions")
-    missing = [e.id for e in train_set if e.id not in out]
-    if missing:
-        raise DataError(
-            path,
-            "id",
-            f"no predictions for {len(missing)} training examples (first: {missing[:3]})",
-        )
+    check_covered(path, seen, out, [e.id for e in train_set], "predictions")
     return out

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from data_tools.schema import Example
+from data_tools.preferences import load_preferences
+from data_tools.schema import Example, Preference
 from data_tools.sources import load_examples
 
 
@@ -59,11 +62,27 @@ class DataArgs:
         does not cut and, from another source than the training data, whose format is detected
         (the training data may be RAC samples, the evaluation data the task's own)."""
         source = data or self.data
-        evaluation = data is not None or split is not None
-        examples, skipped = load_examples(
-            source,
+        loader = functools.partial(
+            load_examples,
             task=self.task,
             format="auto" if source != self.data else self.data_format,
+        )
+        return self._read(loader, data, split)
+
+    def load_preferences(
+        self, data: str | None = None, split: str | None = None
+    ) -> list[Preference]:
+        """The preference pairs (DPO), training or, with `data` or `split`, evaluation ones, as
+        `load` reads examples."""
+        return self._read(load_preferences, data, split)
+
+    def _read(
+        self, loader: Callable[..., tuple[list, int]], data: str | None, split: str | None
+    ) -> list:
+        source = data or self.data
+        evaluation = data is not None or split is not None
+        records, skipped = loader(
+            source,
             name=self.data_name if source == self.data else None,
             split=split or self.split,
             limit=None if evaluation else self.limit,
@@ -71,4 +90,4 @@ class DataArgs:
         )
         if skipped:
             print(f"{source}: skipped {skipped} invalid rows (skip_invalid is set)", flush=True)
-        return examples
+        return records

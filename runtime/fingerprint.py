@@ -1,13 +1,17 @@
-"""Fingerprints of a tokenizer and of a checkpoint's weights, stored beside self-generated
-tokens so that training refuses tokens made by another tokenizer or another model."""
+"""Fingerprints of a tokenizer and of a checkpoint's weights, stored beside self-generated data
+(BASH's tokens, DPO's reference log-probabilities) so that training refuses data made by another
+tokenizer or another model."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
+
+from data_tools.schema import DataError
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -40,3 +44,16 @@ def model_fingerprint(name_or_path: str | None) -> str:
             while chunk := f.read(1 << 24):
                 digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+def check_fingerprints(row: dict[str, Any], where: str, tokenizer_fp: str, model_fp: str) -> None:
+    """Refuse a row of self-generated data (`where`: its file:line) made by another tokenizer or
+    by other weights than the run's (`tokenizer_fingerprint`, `model_fingerprint`)."""
+    for field, expected, what in (
+        ("tokenizer_fingerprint", tokenizer_fp, "another tokenizer than this run's"),
+        ("model_fingerprint", model_fp, "other weights than those this run starts from"),
+    ):
+        if row.get(field) != expected:
+            raise DataError(
+                where, field, f"made with {what} ({row.get(field)} != {expected}); regenerate them"
+            )

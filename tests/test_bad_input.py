@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from transformers import PreTrainedTokenizerBase
 
 from data_tools.config import read_config
+from data_tools.preferences import load_preferences
 from data_tools.schema import DataError
 from data_tools.scoring import score_file
 from data_tools.sources import load_examples
@@ -101,6 +102,19 @@ READERS = [
         required=("id", "draft_ids"),
         texts=("id",),
         tokens=("draft_ids",),
+    ),
+    Reader(
+        "preferences",
+        lambda i: {
+            "id": f"ex{i}",
+            "prompt": f"{i} + 1?",
+            "chosen": f"#### {i + 1}",
+            "rejected": "#### 0",
+        },
+        lambda p: len(load_preferences(str(p))[0]),
+        required=("prompt", "chosen", "rejected"),
+        texts=("id",),  # a list where a text goes is read as messages: tests/test_preferences.py
+        integer_id=True,
     ),
     Reader(
         "generations",

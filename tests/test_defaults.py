@@ -7,20 +7,22 @@ import dataclasses
 import importlib
 from collections import defaultdict
 
+from methods.dpo import DPO
 from methods.scheduled_sampling import SamplingSchedule
 from tests.models import REPO
 from tests.test_layering import BELOW
 
 # Options spelled with a prefix where several components meet: the pipeline's rac_variant is
-# the correction builder's variant, train's ss_p_max the schedule's p_max.
-PREFIXES = {"rac_", "ss_"}
+# the correction builder's variant, train's ss_p_max the schedule's p_max, dpo_beta DPO's beta.
+PREFIXES = {"rac_", "ss_", "dpo_"}
 ALIASES = {"ss_schedule": "kind"}
 
 
 def option_classes() -> list[type]:
-    """Every dataclass of command-line options (`*Args`) in the packages, and the schedule. The
-    benchmarks are left out: their defaults are the measured protocol, not a tool's option."""
-    classes = {SamplingSchedule}
+    """Every dataclass of command-line options (`*Args`) in the packages, the schedule and DPO's
+    options. The benchmarks are left out: their defaults are the measured protocol, not a tool's
+    option."""
+    classes = {SamplingSchedule, DPO}
     for package in set(BELOW) - {"bench"}:
         for path in sorted((REPO / package).glob("*.py")):
             if path.stem == "__main__":
@@ -59,4 +61,11 @@ def test_an_option_has_one_default_everywhere() -> None:
 
 def test_the_classes_are_found() -> None:
     names = {c.__name__ for c in option_classes()}
-    assert {"TrainArgs", "DataArgs", "GenerateArgs", "PipelineArgs", "SamplingSchedule"} <= names
+    assert {
+        "TrainArgs",
+        "DataArgs",
+        "GenerateArgs",
+        "PipelineArgs",
+        "SamplingSchedule",
+        "DPO",
+    } <= names

@@ -1,4 +1,4 @@
-"""Fine-tune a causal LM on prompt/response pairs under DeepSpeed ZeRO, in one of four modes:
+"""Fine-tune a causal LM under DeepSpeed ZeRO, in one of five modes:
 
 - sft:  supervised fine-tuning on ground-truth prefixes;
 - bash: Batch-Scheduled Sampling: each response position's input is the model's own token
@@ -7,7 +7,10 @@
 - scs:  online scheduled sampling: the same, with the model's tokens made at every step by a
         no-grad forward pass of the current weights;
 - rac:  Reference-Answer-based Correction: samples of prompt, the model's draft, a correction
-        marker and the reference (made by `python -m methods.correction`).
+        marker and the reference (made by `python -m methods.correction`);
+- dpo:  Direct Preference Optimization on (prompt, chosen, rejected) pairs, against the starting
+        model's log-probabilities of them, made offline by `generate --pair_logps true`
+        (methods/dpo.py).
 
     deepspeed --num_gpus 2 --module train --config configs/sft_demo.yaml
     python -m train --config configs/sft_demo.yaml --max_steps 100     # one process
@@ -17,8 +20,9 @@ SIGTERM (preemption, `scancel`, `timeout`) and SIGUSR1 (SLURM's warning before a
 (runtime/stopping.py); slurm/train.sbatch then requeues the job, which resumes from that
 checkpoint. Rank 0 holds `output_dir/.lock` while it runs: a second run on the folder refuses.
 
-The loss is the mean over every trained (response) token of the global batch, whatever the
-split into ranks and micro-batches, so runs with different world sizes follow one curve.
+The loss is the mean over every trained (response) token of the global batch (dpo: over its
+pairs), whatever the split into ranks and micro-batches, so runs with different world sizes
+follow one curve.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ from data_tools.collate import pad_right
 from data_tools.config import parse_config
 from data_tools.errors import run_tool
 from data_tools.packing import pack_batch
-from data_tools.tokenization import Encoded
+from data_tools.preferences import sequences
+from methods.dpo import PAIR_STATS, pair_metrics, pair_stats
 from methods.scheduled_sampling import (
     interleave,
     teacher_forced_predictions,
@@ -64,29 +69,43 @@ from runtime.tracking import Tracker
 from train import checkpoint, dry_run
 from train.args import TrainArgs
 from train.optimizer import param_groups
-from train.setup import setup
+from train.setup import TrainSetup, setup
 
 
 @torch.no_grad()
-def evaluate(engine, examples: list[Encoded], micro_batch_size: int, pad_id: int) -> float:
-    """Token-mean loss over `examples`, sharded over ranks. Every rank runs the same number of
-    forward passes (ZeRO-3 gathers parameters collectively), padding its shard with no-ops."""
+def evaluate(engine, run: TrainSetup, micro_batch_size: int, pad_id: int) -> dict[str, float]:
+    """The evaluation metrics over `run.eval_set`, sharded over ranks: the token-mean loss, or
+    DPO's loss, rewards and preference accuracy over held-out pairs. Every rank runs the same
+    number of forward passes (ZeRO-3 gathers parameters collectively), padding its shard with
+    no-ops."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    shard = examples[rank::world]
-    n_batches = -(-len(examples) // (world * micro_batch_size))
-    totals = torch.zeros(2, dtype=torch.float64, device=engine.device)  # loss sum, token count
+    items = run.eval_set
+    shard = items[rank::world]
+    n_batches = -(-len(items) // (world * micro_batch_size))
+    # DPO: pair_stats; else the loss sum and the token count
+    totals = torch.zeros(PAIR_STATS if run.dpo else 2, dtype=torch.float64, device=engine.device)
     engine.eval()
     for b in range(n_batches):
         batch = shard[b * micro_batch_size : (b + 1) * micro_batch_size]
-        inputs = pad_right(batch or examples[:1], pad_id)
-        out = engine(**{k: v.to(engine.device) for k, v in inputs.items()}, num_items_in_batch=1)
-        if batch:
-            totals += torch.stack(
-                [out.loss.double(), torch.tensor(float(sum(e.num_trained for e in batch)))]
+        if run.dpo:
+            sums = pair_stats(
+                *run.dpo.losses(engine, batch or items[:1], run.eval_reference, pad_id)
             )
+        else:
+            inputs = pad_right(batch or items[:1], pad_id)
+            loss = engine(
+                **{k: v.to(engine.device) for k, v in inputs.items()}, num_items_in_batch=1
+            ).loss
+            sums = torch.stack(
+                [loss.double(), loss.new_tensor(sum(e.num_trained for e in batch)).double()]
+            )
+        if batch:
+            totals += sums
     engine.train()
     dist.all_reduce(totals)
-    return (totals[0] / totals[1]).item()
+    return (
+        pair_metrics(totals, "eval") if run.dpo else {"eval/loss": (totals[0] / totals[1]).item()}
+    )
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -210,44 +229,53 @@ def main() -> None:
         trained_tokens = sum(train_set[i].num_trained for i in batch_ids)
         # loss, tokens replaced, sequences through a forward pass (SCS: twice), ranks signalled
         stats = torch.zeros(4, dtype=torch.float64, device=engine.device)
+        pairs = torch.zeros(PAIR_STATS, dtype=torch.float64, device=engine.device)  # dpo
         p = schedule.p(step) if schedule else 0.0
         lr = scheduler.get_last_lr()[0]  # the rate this step runs at (the scheduler steps with it)
         for micro in range(args.gradient_accumulation_steps):
             batch = [train_set[i] for i in plan.micro_indices(batch_ids, micro, rank)]
-            if schedule and p > 0:
-                # BASH reads the model's tokens from disk; SCS makes them now, with these weights.
-                batch_predictions = (
-                    [predictions[e.id] for e in batch]
-                    if args.mode == "bash"
-                    else teacher_forced_predictions(engine, batch, pad_id)
+            if run.dpo:  # chosen and rejected in one forward pass
+                losses, chosen, rejected = run.dpo.losses(engine, batch, run.reference, pad_id)
+                pairs += pair_stats(losses, chosen, rejected)
+                loss = losses.sum() / plan.global_batch_size  # the global batch's mean
+                stats[2] += 2 * len(batch)
+            else:
+                if schedule and p > 0:
+                    # BASH reads the model's tokens from disk; SCS makes them now, with these weights.
+                    batch_predictions = (
+                        [predictions[e.id] for e in batch]
+                        if args.mode == "bash"
+                        else teacher_forced_predictions(engine, batch, pad_id)
+                    )
+                    mixed = [
+                        interleave(e, t, p, args.seed, step)
+                        for e, t in zip(batch, batch_predictions, strict=True)
+                    ]
+                    batch = [e for e, _ in mixed]
+                    stats[1] += sum(n for _, n in mixed)
+                    stats[2] += len(batch) if args.mode == "scs" else 0
+                stats[2] += len(batch)
+                inputs = (
+                    pack_batch(batch, pad_id, args.packing_length or data_args.max_length)
+                    if args.packing
+                    else pad_right(batch, pad_id)
                 )
-                mixed = [
-                    interleave(e, t, p, args.seed, step)
-                    for e, t in zip(batch, batch_predictions, strict=True)
-                ]
-                batch = [e for e, _ in mixed]
-                stats[1] += sum(n for _, n in mixed)
-                stats[2] += len(batch) if args.mode == "scs" else 0
-            stats[2] += len(batch)
-            inputs = (
-                pack_batch(batch, pad_id, args.packing_length or data_args.max_length)
-                if args.packing
-                else pad_right(batch, pad_id)
-            )
-            out = engine(  # no cache: with one, packed rows would attend across examples
-                **{k: v.to(engine.device) for k, v in inputs.items()},
-                num_items_in_batch=trained_tokens,
-                use_cache=False,
-            )
-            # DeepSpeed averages gradients over ranks and micro-steps; undo both for a token mean.
-            engine.backward(out.loss * world * args.gradient_accumulation_steps)
+                loss = engine(  # no cache: with one, packed rows would attend across examples
+                    **{k: v.to(engine.device) for k, v in inputs.items()},
+                    num_items_in_batch=trained_tokens,  # the global batch's token mean
+                    use_cache=False,
+                ).loss
+            # DeepSpeed averages gradients over ranks and micro-steps; undo both for a global mean.
+            engine.backward(loss * world * args.gradient_accumulation_steps)
             engine.step()
-            stats[0] += out.loss.detach().double()
+            stats[0] += loss.detach().double()
         stats[3] = float(bool(stop))
         dist.all_reduce(stats)
-        tokens = sum(len(train_set[i].input_ids) for i in batch_ids)
-        metrics = {
-            "train/loss": stats[0].item(),
+        if run.dpo:
+            dist.all_reduce(pairs)
+        tokens = sum(len(e.input_ids) for e in sequences([train_set[i] for i in batch_ids]))
+        metrics = pair_metrics(pairs, "train") if run.dpo else {"train/loss": stats[0].item()}
+        metrics |= {
             "train/lr": lr,
             "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
             "train/tokens_per_s": tokens / (time.perf_counter() - started),
@@ -260,7 +288,7 @@ def main() -> None:
         if eval_set and (
             (args.eval_every and (step + 1) % args.eval_every == 0) or step + 1 == total_steps
         ):
-            metrics["eval/loss"] = evaluate(engine, eval_set, args.micro_batch_size, pad_id)
+            metrics |= evaluate(engine, run, args.micro_batch_size, pad_id)
         if distributed.is_main():
             progress.set_postfix(
                 loss=f"{metrics['train/loss']:.4f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}"
@@ -295,7 +323,7 @@ def main() -> None:
             DTYPES[precision],
             args.lora_export,
         )
-        probe = pad_right((eval_set or train_set)[: args.micro_batch_size], pad_id)
+        probe = pad_right(sequences(eval_set or train_set)[: args.micro_batch_size], pad_id)
         checkpoint.check_export(engine, output_dir / "export", probe, precision)
         tracker.log_artifact("model", output_dir / "export", reference=True)
     if distributed.is_main() and args.log_file:

@@ -5,14 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from methods.correction import CORRECTION_MARKER
+from methods.dpo import DPO
 from methods.scheduled_sampling import SamplingSchedule
+
+MODES = ("sft", "bash", "scs", "rac", "dpo")
 
 
 @dataclass
 class TrainArgs:
     output_dir: str = field(metadata={"help": "run folder: checkpoints/, export/, wandb/"})
     mode: str = field(
-        default="sft", metadata={"help": "sft, bash, scs or rac (see train/__main__.py)"}
+        default="sft", metadata={"help": "sft, bash, scs, rac or dpo (see train/__main__.py)"}
     )
     predictions: str | None = field(
         default=None,
@@ -44,6 +47,24 @@ class TrainArgs:
     )
     correction_marker: str = field(
         default=CORRECTION_MARKER, metadata={"help": "rac: between draft and reference"}
+    )
+    reference_logps: str | None = field(
+        default=None,
+        metadata={
+            "help": "dpo: the reference model's log-probabilities of the training pairs (data),"
+            " from generate --pair_logps true"
+        },
+    )
+    eval_reference_logps: str | None = field(
+        default=None, metadata={"help": "dpo: the same for the evaluation pairs"}
+    )
+    dpo_beta: float = field(
+        default=DPO.beta, metadata={"help": "dpo: beta, how far the rewards' scale pulls"}
+    )
+    dpo_loss: str = field(default=DPO.loss, metadata={"help": "dpo: sigmoid (the paper's) or ipo"})
+    dpo_label_smoothing: float = field(
+        default=DPO.label_smoothing,
+        metadata={"help": "dpo, sigmoid: the assumed rate of flipped preferences (cDPO)"},
     )
     deepspeed_config: str = field(
         default="ds_configs/zero2.json", metadata={"help": "a file from ds_configs/"}
@@ -156,24 +177,38 @@ class TrainArgs:
     )
 
     def __post_init__(self) -> None:
-        if self.mode not in ("sft", "bash", "scs", "rac"):
-            raise ValueError(f"mode must be sft, bash, scs or rac, got {self.mode!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mode == "bash" and not self.predictions:
             raise ValueError(
                 "mode bash needs predictions: a file from generate --mode teacher_forced"
             )
+        if self.mode == "dpo":
+            DPO.from_args(self)  # refused here, before anything is loaded
+            if not self.reference_logps:
+                raise ValueError(
+                    "mode dpo needs reference_logps: a file from generate --pair_logps true"
+                )
+            if (self.eval_data or self.eval_split) and not self.eval_reference_logps:
+                raise ValueError(
+                    "mode dpo evaluates on held-out pairs against their reference: give "
+                    "eval_reference_logps (generate --pair_logps true on the evaluation pairs)"
+                )
+            if self.packing:
+                raise ValueError("packing is not offered in mode dpo: a pair is two sequences")
         if self.loss_on not in ("response", "all"):
             raise ValueError(f"loss_on must be response or all, got {self.loss_on!r}")
         if self.loss_on == "all" and self.mode != "sft":
-            raise ValueError(
-                f"loss_on all is for mode sft only, not {self.mode}: "
-                + (
-                    "RAC never trains on the draft (its mistakes must not be learnt), nor on the prompt"
-                    if self.mode == "rac"
-                    else "BASH/SCS put the model's tokens at the trained positions, which must be "
-                    "the response's (the prompt is never changed)"
-                )
+            why = {
+                "rac": "RAC never trains on the draft (its mistakes must not be learnt), nor on "
+                "the prompt",
+                "dpo": "DPO compares the responses to one prompt",
+            }.get(
+                self.mode,
+                "BASH/SCS put the model's tokens at the trained positions, which must be the "
+                "response's (the prompt is never changed)",
             )
+            raise ValueError(f"loss_on all is for mode sft only, not {self.mode}: {why}")
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be >= 0 (0: no LoRA), got {self.lora_rank}")
         if self.lora_export not in ("merged", "adapter"):

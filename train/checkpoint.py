@@ -43,6 +43,7 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from data_tools.atomic import atomic_dir, atomic_open, write_json, write_text
+from data_tools.preferences import sequences
 from runtime import lora
 from runtime.args import DataArgs, ModelArgs
 from runtime.distributed import barrier, is_main, on_main
@@ -98,15 +99,15 @@ def _sha256(path: Path) -> str:
 def run_identity(
     model_args: ModelArgs, data_args: DataArgs, args: TrainArgs, run: TrainSetup
 ) -> dict[str, Any]:
-    """What fixes the meaning of step N: the training data (its file, and its examples as
-    tokenized), their order (seed, global batch), the optimizer and its schedule, the method,
-    and the starting model and tokenizer. Recorded in every checkpoint and compared on resume.
+    """What fixes the meaning of step N: the training data (its file, and its examples or pairs
+    as tokenized), their order (seed, global batch), the optimizer and its schedule, the method
+    (with its options and offline data), and the starting model and tokenizer. Recorded in every checkpoint and compared on resume.
     Not the split of the global batch into processes, micro-batches and accumulation, which may
     change (resuming on another number of processes needs it to). It hashes the data file and
     the starting weights, so rank 0 alone calls this."""
     data = Path(data_args.data)
     tokenized = hashlib.sha256()
-    for e in run.train_set:
+    for e in sequences(run.train_set):  # a pair's chosen, then its rejected
         tokenized.update(f"{e.id}\0{len(e.input_ids)}\0".encode())
         tokenized.update(array("q", e.input_ids))
         tokenized.update(array("q", e.labels))
@@ -149,6 +150,9 @@ def run_identity(
         identity["sampling_schedule"] = dataclasses.asdict(run.schedule)
     if args.mode == "bash":
         identity["predictions"] = f"sha256 {_sha256(Path(args.predictions))[:16]}"
+    if run.dpo:
+        identity["dpo"] = dataclasses.asdict(run.dpo)
+        identity["reference_logps"] = f"sha256 {_sha256(Path(args.reference_logps))[:16]}"
     # JSON's view (lists, not tuples), so that a recorded identity compares equal to a fresh one.
     return json.loads(json.dumps(identity))
 

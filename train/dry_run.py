@@ -15,6 +15,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from data_tools.preferences import sequences
 from data_tools.tokenization import Encoded
 from runtime import lora
 from runtime.args import DataArgs, ModelArgs
@@ -47,14 +48,19 @@ def plan_train(model_args: ModelArgs, data_args: DataArgs, args: Any) -> dict[st
     ds_config = fill_for_run(args, world, precision, config.hidden_size)
     weights = _weights_bytes(model_args.model_name_or_path)
     check = weights < FINGERPRINT_LIMIT
-    run = setup(model_args, data_args, args, world, check_predictions=check)
+    run = setup(model_args, data_args, args, world, check_fingerprints=check)
     train_set, plan, total = run.train_set, run.plan, run.total_steps
     notes = []
-    if args.mode == "bash":
+    offline = {  # self-generated data the run checks against its tokenizer and weights
+        "bash": (f"predictions {args.predictions}", "lengths"),
+        "dpo": (f"reference log-probabilities {args.reference_logps}", "inputs"),
+    }.get(args.mode)
+    if offline:
+        what, also = offline
         notes.append(
-            f"predictions {args.predictions}: fingerprints and lengths checked"
+            f"{what}: fingerprints and {also} checked"
             if check
-            else f"predictions {args.predictions}: not checked (weights of {gib(weights)})"
+            else f"{what}: not checked (weights of {gib(weights)})"
         )
     if run.schedule:
         notes.append(
@@ -94,21 +100,22 @@ def plan_train(model_args: ModelArgs, data_args: DataArgs, args: Any) -> dict[st
         paths += [str(out / "metrics.jsonl"), str(out / "learning_curve.png")]
     paths += wandb_paths(args.wandb_project, out, out / "wandb_run_id")
 
-    mean_len, max_len = _lengths(train_set)
+    mean_len, max_len = _lengths(sequences(train_set))
     positions = getattr(config, "max_position_embeddings", None)
     if positions and max_len > positions:
         raise ValueError(
             f"sequences of up to {max_len} tokens exceed the model's {positions} positions"
         )
     batch = plan.global_batch_size
+    per_step = batch * (2 if args.mode == "dpo" else 1)  # sequences: a pair is two
     trained = mean(e.num_trained for e in train_set) * batch
     result = {
         "world_size": world,
         "precision": precision,
         "zero_stage": zero_stage(ds_config),
         "global_batch_size": batch,
-        "tokens_per_step_mean": mean_len * batch,
-        "tokens_per_step_max": max_len * batch,
+        "tokens_per_step_mean": mean_len * per_step,
+        "tokens_per_step_max": max_len * per_step,
         "steps_per_epoch": plan.steps_per_epoch,
         "total_steps": total,
         "num_params": num_params,
@@ -123,9 +130,11 @@ def plan_train(model_args: ModelArgs, data_args: DataArgs, args: Any) -> dict[st
             json.dumps(ds_config, indent=2),
             f"world size {world}, precision {precision}, ZeRO stage {zero_stage(ds_config)}",
             f"global batch: micro {args.micro_batch_size} x accumulation "
-            f"{args.gradient_accumulation_steps} x world {world} = {batch} sequences",
-            f"data: {len(train_set)} examples, sequence length mean {mean_len:.1f}, max {max_len}",
-            f"tokens per step: {mean_len * batch:.0f} on average, at most {max_len * batch} "
+            f"{args.gradient_accumulation_steps} x world {world} = {batch} "
+            + (f"pairs ({per_step} sequences)" if args.mode == "dpo" else "sequences"),
+            f"data: {len(train_set)} {'pairs' if args.mode == 'dpo' else 'examples'}, sequence "
+            f"length mean {mean_len:.1f}, max {max_len}",
+            f"tokens per step: {mean_len * per_step:.0f} on average, at most {max_len * per_step} "
             f"(padded per micro-batch); trained tokens per step {trained:.0f} on average",
             f"steps: {plan.steps_per_epoch} per epoch, {total} in all (mode {args.mode})",
             f"model: {num_params:,} parameters, {trainable:,} trained",

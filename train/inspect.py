@@ -8,7 +8,8 @@ token, the target stays the reference's; both are shown).
 Any train config works, with the same overrides as `train`. The samples are the first `--n` of
 the global batch of `--step` (the run's data order; world size from WORLD_SIZE, else 1). Mode
 rac shows the correction samples; mode bash interleaves the predictions file at p(step), as the
-run does. Mode scs makes its tokens with the live model at run time: shown as SFT's. The marks
+run does. Mode scs makes its tokens with the live model at run time: shown as SFT's. Mode dpo
+shows each pair's chosen sequence, then its rejected one (both under the pair's id). The marks
 are words, so the output reads without colour; on a terminal they are coloured too.
 """
 
@@ -21,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from data_tools.config import parse_config
 from data_tools.errors import run_tool
+from data_tools.preferences import sequences
 from data_tools.tokenization import IGNORE_INDEX, Encoded
 from methods.scheduled_sampling import interleave
 from runtime.args import DataArgs, ModelArgs
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     step = shown_args.step
     run = setup(model_args, data_args, args, world_size())
-    batch = [run.train_set[i] for i in run.plan.global_indices(step)[: shown_args.n]]
+    batch = sequences([run.train_set[i] for i in run.plan.global_indices(step)[: shown_args.n]])
     shown, p_step = batch, None
     if args.mode == "bash":
         p_step = run.schedule.p(step)

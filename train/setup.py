@@ -1,5 +1,6 @@
-"""What a training run settles before its engine: the tokenizer, the tokenized data, BASH's
-predictions and the schedule, the data order and the number of steps.
+"""What a training run settles before its engine: the tokenizer, the tokenized data (examples, or
+DPO's pairs), BASH's predictions and the schedule, DPO's loss and reference log-probabilities,
+the data order and the number of steps.
 
 One function for `train`, its dry run and the inspector, so that the three build (and refuse)
 the data exactly alike.
@@ -13,8 +14,10 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from data_tools.preferences import EncodedPair, encode_pairs
 from data_tools.tokenization import Encoded, encode_examples
 from methods.correction import encode_correction, read_draft_ids
+from methods.dpo import DPO, ReferenceLogps, load_reference_logps
 from methods.scheduled_sampling import SamplingSchedule, load_predictions
 from runtime import distributed
 from runtime.args import DataArgs, ModelArgs
@@ -26,12 +29,15 @@ from train.batches import BatchPlan
 @dataclass(frozen=True)
 class TrainSetup:
     tokenizer: PreTrainedTokenizerBase
-    train_set: list[Encoded]
-    eval_set: list[Encoded]
+    train_set: list[Encoded] | list[EncodedPair]  # pairs in mode dpo
+    eval_set: list[Encoded] | list[EncodedPair]
     schedule: SamplingSchedule | None  # bash and scs
     predictions: dict[str, list[int]] | None  # bash, unless not checked (a dry run's choice)
     plan: BatchPlan
     total_steps: int
+    dpo: DPO | None = None  # dpo
+    reference: dict[str, ReferenceLogps] | None = None  # dpo, unless not checked
+    eval_reference: dict[str, ReferenceLogps] | None = None  # dpo, with evaluation pairs
 
 
 def encode(
@@ -42,22 +48,27 @@ def encode(
     marker: str | None = None,
     loss_on: str = "response",
     limit: int | None = None,
-) -> list[Encoded]:
+    pairs: bool = False,
+) -> list[Encoded] | list[EncodedPair]:
     """Tokenized examples with the loss on the response (or `loss_on` "all"); with a `marker`
     (RAC), samples of prompt, the model's draft, the marker and the reference, the loss on the
-    last two. `limit` keeps the first examples before any is tokenized."""
-    examples = data_args.load(data, split)[:limit]
+    last two; with `pairs` (DPO), preference pairs. `limit` keeps the first examples before any
+    is tokenized."""
     source = data or data_args.data
-    if marker is None:
-        encoded, report = encode_examples(
-            tokenizer, examples, data_args.max_length, data_args.overlong, loss_on
-        )
+    max_length, overlong = data_args.max_length, data_args.overlong
+    if pairs:
+        preferences = data_args.load_preferences(data, split)[:limit]
+        encoded, report = encode_pairs(tokenizer, preferences, max_length, overlong)
+        summary = report.summary()
+    elif marker is None:
+        examples = data_args.load(data, split)[:limit]
+        encoded, report = encode_examples(tokenizer, examples, max_length, overlong, loss_on)
         summary = report.summary()
     else:
+        examples = data_args.load(data, split)[:limit]
         drafts = read_draft_ids(source, len(tokenizer))
         encoded = [
-            encode_correction(tokenizer, e, drafts[e.id], data_args.max_length, marker)
-            for e in examples
+            encode_correction(tokenizer, e, drafts[e.id], max_length, marker) for e in examples
         ]
         summary = f"{len(encoded)} samples, {sum(drafts[e.id] is not None for e in examples)} with a draft"
     if distributed.is_main():
@@ -72,29 +83,42 @@ def setup(
     data_args: DataArgs,
     args: Any,
     world_size: int,
-    check_predictions: bool = True,
+    check_fingerprints: bool = True,
 ) -> TrainSetup:
-    """The run's data and plan, `args` being `TrainArgs`; BASH's predictions are checked against
-    the tokenizer and the starting weights unless `check_predictions` is false (a dry run's
-    choice for weights too large to hash)."""
+    """The run's data and plan, `args` being `TrainArgs`; BASH's predictions and DPO's reference
+    log-probabilities are checked against the tokenizer and the starting weights unless
+    `check_fingerprints` is false (a dry run's choice for weights too large to hash)."""
     tokenizer = load_tokenizer(model_args.tokenizer_path())
     marker = args.correction_marker if args.mode == "rac" else None
-    train_set = encode(tokenizer, data_args, marker=marker, loss_on=args.loss_on)
+    pairs = args.mode == "dpo"
+    train_set = encode(tokenizer, data_args, marker=marker, loss_on=args.loss_on, pairs=pairs)
     eval_set = []
     if args.eval_data or args.eval_split:
         eval_set = encode(
-            tokenizer, data_args, args.eval_data, args.eval_split, limit=args.max_eval_examples
+            tokenizer,
+            data_args,
+            args.eval_data,
+            args.eval_split,
+            limit=args.max_eval_examples,
+            pairs=pairs,
         )
     schedule = SamplingSchedule.from_args(args) if args.mode in ("bash", "scs") else None
-    predictions = None
-    if args.mode == "bash" and check_predictions:
-        predictions = load_predictions(
-            args.predictions,
-            train_set,
+    predictions = reference = eval_reference = None
+    if args.mode in ("bash", "dpo") and check_fingerprints:
+        fingerprints = (
             tokenizer_fingerprint(tokenizer),
             model_fingerprint(model_args.model_name_or_path),
-            len(tokenizer),
         )
+        if args.mode == "bash":
+            predictions = load_predictions(
+                args.predictions, train_set, *fingerprints, len(tokenizer)
+            )
+        else:
+            reference = load_reference_logps(args.reference_logps, train_set, *fingerprints)
+            if eval_set:
+                eval_reference = load_reference_logps(
+                    args.eval_reference_logps, eval_set, *fingerprints
+                )
     plan = BatchPlan(
         len(train_set),
         args.micro_batch_size,
@@ -105,4 +129,15 @@ def setup(
     total_steps = (
         args.max_steps if args.max_steps > 0 else int(args.num_epochs * plan.steps_per_epoch)
     )
-    return TrainSetup(tokenizer, train_set, eval_set, schedule, predictions, plan, total_steps)
+    return TrainSetup(
+        tokenizer,
+        train_set,
+        eval_set,
+        schedule,
+        predictions,
+        plan,
+        total_steps,
+        DPO.from_args(args) if pairs else None,
+        reference,
+        eval_reference,
+    )
