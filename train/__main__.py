@@ -210,7 +210,8 @@ def main() -> None:
     )
     if distributed.is_main():
         print(
-            f"{len(train_set)} training examples, {plan.steps_per_epoch} steps per epoch, "
+            f"{len(train_set)} training {'pairs' if run.dpo else 'examples'}, "
+            f"{plan.steps_per_epoch} steps per epoch, "
             f"global batch {plan.global_batch_size}; steps {start_step} -> {total_steps}",
             flush=True,
         )
