@@ -56,7 +56,7 @@ from methods.scheduled_sampling import teacher_forced_predictions
 from runtime import distributed
 from runtime.args import DataArgs, ModelArgs
 from runtime.ds_config import DTYPES, resolve_precision
-from runtime.fingerprint import model_fingerprint, tokenizer_fingerprint
+from runtime.fingerprint import differences, model_fingerprint, tokenizer_fingerprint
 from runtime.generation import eos_ids, example_seed, generate_batch, longest_first
 from runtime.lock import hold
 from runtime.modeling import load_model, load_tokenizer
@@ -74,6 +74,7 @@ DECODING = (
     "top_p",
     "seed",
     "teacher_forced",
+    "pair_logps",
     "self_correct",
     "correction_marker",
 )
@@ -101,15 +102,10 @@ def check_options(parts: Path, options: dict[str, Any]) -> None:
     path = parts / OPTIONS
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
-        differences = [
-            f"{key} {saved.get(key)!r} -> {options.get(key)!r}"
-            for key in dict.fromkeys([*saved, *options])
-            if saved.get(key) != options.get(key)
-        ]
-        if differences:
+        if changed := differences(saved, options):
             raise ValueError(
                 f"{parts} holds rows made with other options, and resuming would mix two runs "
-                f"(parts -> this run): {'; '.join(differences)}. Rerun with the parts' options, "
+                f"(parts -> this run): {'; '.join(changed)}. Rerun with the parts' options, "
                 f"or delete {parts} to start over"
             )
     else:

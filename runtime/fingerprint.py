@@ -1,6 +1,6 @@
 """Fingerprints of a tokenizer and of a checkpoint's weights, stored beside self-generated data
 (BASH's tokens, DPO's reference log-probabilities) so that training refuses data made by another
-tokenizer or another model."""
+tokenizer or another model; and the comparison of a recorded run's options with a resume's."""
 
 from __future__ import annotations
 
@@ -57,3 +57,12 @@ def check_fingerprints(row: dict[str, Any], where: str, tokenizer_fp: str, model
             raise DataError(
                 where, field, f"made with {what} ({row.get(field)} != {expected}); regenerate them"
             )
+
+
+def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """`key recorded -> current` for every option whose value differs (or is only in one)."""
+    return [
+        f"{key} {recorded.get(key, '(not recorded)')!r} -> {current.get(key, '(not recorded)')!r}"
+        for key in dict.fromkeys([*recorded, *current])
+        if recorded.get(key) != current.get(key)
+    ]

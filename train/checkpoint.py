@@ -48,7 +48,7 @@ from runtime import lora
 from runtime.args import DataArgs, ModelArgs
 from runtime.distributed import barrier, is_main, on_main
 from runtime.ds_config import zero_stage
-from runtime.fingerprint import model_fingerprint, tokenizer_fingerprint
+from runtime.fingerprint import differences, model_fingerprint, tokenizer_fingerprint
 from train.args import TrainArgs
 from train.setup import TrainSetup
 
@@ -160,15 +160,10 @@ def run_identity(
 def _check_same_run(folder: Path, identity: dict[str, Any]) -> None:
     """Refuse to continue checkpoint `folder` with options that change what its steps meant."""
     saved = json.loads((folder / RUN_STATE).read_text(encoding="utf-8")).get("run") or {}
-    differences = [
-        f"{key} {saved.get(key, '(not recorded)')!r} -> {identity.get(key, '(not recorded)')!r}"
-        for key in dict.fromkeys([*saved, *identity])
-        if saved.get(key) != identity.get(key)
-    ]
-    if differences:
+    if changed := differences(saved, identity):
         raise ValueError(
             f"{folder} was saved by a run with other options, and resuming would mix two runs "
-            f"(checkpoint -> this run): {'; '.join(differences)}. Rerun with the checkpoint's "
+            f"(checkpoint -> this run): {'; '.join(changed)}. Rerun with the checkpoint's "
             "options to continue it, or start afresh with a new output_dir (or resume: false, "
             "which replaces this run's checkpoints and metrics)"
         )
