@@ -1,6 +1,7 @@
 """Run the whole comparison into one run folder: data, tokenizer, SFT, the SFT model's own tokens,
-RAC samples, then SFT (continued), BASH, RAC and SCS training from the SFT model, evaluation,
-and a report (table, results.json, plots).
+RAC samples, then SFT (continued), BASH, RAC and SCS training from the SFT model, DPO from the
+models of the methods in `dpo_after` (none by default), evaluation, and a report (table,
+results.json, plots).
 
     python -m pipeline --config configs/compare_demo.yaml
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from data_tools.holdout import HoldoutArgs
 from generate.args import GenerateArgs
 from methods.correction import CorrectionArgs
+from methods.dpo import DPO
 from methods.scheduled_sampling import SamplingSchedule
 from runtime.args import DataArgs
 from train.args import TrainArgs
@@ -101,6 +102,28 @@ class PipelineArgs:
     rac_variant: str = CorrectionArgs.variant
     rac_mix: float = CorrectionArgs.mix
     rac_only_wrong: bool = CorrectionArgs.only_wrong
+    # DPO after methods: one set of preference pairs from the SFT base's samples, then per method
+    # its model as the reference and the start of the same DPO budget (a row "<method>+dpo").
+    dpo_after: str = field(
+        default="",
+        metadata={
+            "help": "methods (of `methods`) whose models DPO continues, e.g. sft,rac,bash; "
+            "empty: no DPO"
+        },
+    )
+    dpo_prompts: int | None = field(
+        default=None,
+        metadata={
+            "help": "training prompts the SFT base samples for, to make the pairs (the first "
+            "of the method examples); default: method_examples"
+        },
+    )
+    dpo_samples_per_prompt: int = field(
+        default=4, metadata={"help": "sampled answers per prompt, scored right or wrong"}
+    )
+    dpo_steps: int = field(default=100, metadata={"help": "steps of every method's DPO"})
+    dpo_learning_rate: float = TrainArgs.learning_rate
+    dpo_beta: float = DPO.beta
     # wandb: off by default; when set, every stage logs to one group, and the generations are
     # scored by score stages (job type "score") that log their summaries and samples.
     wandb_project: str | None = field(
@@ -114,4 +137,12 @@ class PipelineArgs:
         return self.wandb_group or Path(self.run_dir).resolve().name
 
     def method_list(self) -> list[str]:
-        return [m.strip() for m in self.methods.split(",") if m.strip()]
+        return _names(self.methods)
+
+    def dpo_list(self) -> list[str]:
+        return _names(self.dpo_after)
+
+
+def _names(option: str) -> list[str]:
+    """The names of a comma-separated option."""
+    return [m.strip() for m in option.split(",") if m.strip()]

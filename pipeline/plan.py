@@ -5,7 +5,8 @@ as dependent jobs. Every path is known before anything runs, so the plan of a ha
 is the same plan: a stage is done when its output exists.
 
 The base stages (task, tokenizer, the SFT model every method starts from) come first, then one
-stage-builder per method (`METHODS`), each returning the model it trained, then the evaluations.
+stage-builder per method (`METHODS`), each returning the model it trained, then DPO from the
+models of the methods in `dpo_after` (`dpo_stages`), then the evaluations.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.args import PipelineArgs
+
+DPO_SUFFIX = "+dpo"  # the model "<method>+dpo": DPO from the method's model
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,66 @@ def rac_stages(b: Builder) -> Path:
     )
 
 
+def preference_pairs(b: Builder, name: str, split: str, prompts: int) -> Path:
+    """Pairs from the SFT base's own samples on the first `prompts` of a split: several sampled
+    answers per prompt, scored; chosen a right one (or the reference), rejected a wrong one."""
+    a, out = b.args, b.run / "dpo"
+    samples = b.generate(
+        f"dpo_{name}samples",
+        b.sft,
+        b.splits[split],
+        out / f"{name}samples.jsonl",
+        *("--do_sample", "true", "--num_samples", str(a.dpo_samples_per_prompt)),
+        *("--limit", str(prompts)),
+    )
+    pairs = out / f"{name}pairs.jsonl"
+    b.add(
+        f"dpo_{name}pairs",
+        "methods.preference_pairs",
+        ["--data", str(b.splits[split]), "--limit", str(prompts), "--samples", str(samples)]
+        + ["--tokenizer", str(b.sft), "--output", str(pairs)],
+        pairs,
+    )
+    return pairs
+
+
+def dpo_stages(b: Builder, models: dict[str, Path]) -> dict[str, Path]:
+    """DPO from each of the `dpo_after` methods' models ("<method>+dpo"): one set of pairs for
+    all (training prompts; held-out pairs from validation prompts for the preference accuracy),
+    and per method its model's log-probabilities of them, the reference that its DPO, of the
+    same budget for every method, starts from."""
+    a = b.args
+    if not a.dpo_list():
+        return {}
+    prompts = min(a.dpo_prompts or a.method_examples, a.method_examples)
+    pairs = preference_pairs(b, "", "train", prompts)
+    eval_pairs = preference_pairs(b, "eval_", "validation", a.max_eval_examples)
+    trained = {}
+    for method in a.dpo_list():
+        name, start = method + DPO_SUFFIX, models[method]
+        reference, eval_reference = (
+            b.generate(
+                f"dpo_{kind}reference_{method}",
+                start,
+                data,
+                b.run / name / f"{kind}reference.jsonl",
+                *("--pair_logps", "true"),
+            )
+            for kind, data in (("", pairs), ("eval_", eval_pairs))
+        )
+        trained[name] = b.train(
+            name,
+            b.run / name,
+            ["--model_name_or_path", str(start)],
+            a.dpo_steps,
+            a.dpo_learning_rate,
+            *("--mode", "dpo", "--dpo_beta", str(a.dpo_beta), "--data", str(pairs)),
+            *("--reference_logps", str(reference), "--eval_data", str(eval_pairs)),
+            *("--eval_reference_logps", str(eval_reference)),
+        )
+    return trained
+
+
 METHODS: dict[str, Callable[[Builder], Path]] = {
     "sft": sft_stages,
     "bash": bash_stages,
@@ -310,10 +373,14 @@ def build_plan(args: PipelineArgs) -> Plan:
     unknown = set(args.method_list()) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; known: {list(METHODS)}")
+    without = [m for m in args.dpo_list() if m not in args.method_list()]
+    if without:
+        raise ValueError(f"dpo_after {without}: DPO continues a method's model; add it to methods")
     if args.model_name_or_path is None and args.model_config is None and not args.base_dir:
         raise ValueError("give model_name_or_path (a pretrained model) or model_config (a new one)")
     b = Builder(args)
     base_stages(b)
     models = {method: METHODS[method](b) for method in args.method_list()}
+    models |= dpo_stages(b, models)
     evaluations = evaluation_stages(b, models)
     return Plan(b.run, b.base, tuple(b.stages), evaluations)

@@ -1,7 +1,7 @@
-"""The comparison's report: a table (method, exact match, tokens trained, wall time), the same
-as results.json, a plot of accuracy per method and by number of reasoning steps (results.png),
-the methods' learning curves (learning_curves.png), and, with wandb, all of these in a run of
-job type "report"."""
+"""The comparison's report: a table (method, exact match, tokens trained, wall time; for DPO rows
+the held-out preference accuracy), the same as results.json, a plot of accuracy per method and
+by number of reasoning steps (results.png), the methods' learning curves (learning_curves.png),
+and, with wandb, all of these in a run of job type "report"."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from data_tools.atomic import write_json, write_text
 from data_tools.scoring import score_file
 from methods.correction import CORRECTION_MARKER
+from pipeline.plan import DPO_SUFFIX
 from runtime import plots
 from runtime.tracking import Tracker
 
@@ -25,9 +26,20 @@ COSTS = {
     "rac_self_correct": ("rac_drafts", "rac_build", "rac"),
     "scs": ("scs",),
 }
+DPO_PAIRS = ("dpo_samples", "dpo_pairs")  # the training pairs, shared by every DPO row
+
+
+def _lines(path: Path) -> int:
+    return sum(1 for _ in path.open()) if path.exists() else 0
 
 
 def _cost_stages(name: str, timings: dict[str, float]) -> list[str]:
+    """A DPO row's stages are its start method's, the shared pairs', its reference's and its
+    own: the cost from the SFT base, as every other row's (held-out pairs are evaluation)."""
+    if name.endswith(DPO_SUFFIX):
+        start = name.removesuffix(DPO_SUFFIX)
+        own = (*DPO_PAIRS, f"dpo_reference_{start}", name)
+        return _cost_stages(start, timings) + [s for s in timings if s in own]
     if name == "bash":  # every round's predictions and training
         return [s for s in timings if s.startswith("bash_")]
     return [s for s in timings if s in COSTS[name]]
@@ -46,12 +58,23 @@ def _metrics_files(run: Path, base: Path, name: str) -> list[Path]:
 
 def _training_cost(run: Path, base: Path, name: str) -> tuple[int, int]:
     """Loss tokens and sequences through a forward pass of the model's own training (the SFT
-    base, shared by all, is counted apart); BASH's passes include those making its tokens."""
+    base, shared by all, is counted apart); BASH's passes include those making its tokens, a DPO
+    row's its start method's, the sampled answers and the reference's two per pair."""
+    if name.endswith(DPO_SUFFIX):
+        tokens, passes = _training_cost(run, base, name.removesuffix(DPO_SUFFIX))
+        rows = plots.read_metrics(run / name / "metrics.jsonl")
+        passes += _lines(run / "dpo" / "samples.jsonl") + 2 * _lines(run / name / "reference.jsonl")
+        tokens += sum(r["train/trained_tokens"] for r in rows)
+        return tokens, passes + sum(r["train/forward_sequences"] for r in rows)
     rows = [r for f in _metrics_files(run, base, name) for r in plots.read_metrics(f)]
     passes = sum(r.get("train/forward_sequences", 0) for r in rows)
     if name == "bash":
-        passes += sum(1 for f in (run / "bash").glob("round*_predictions.jsonl") for _ in f.open())
+        passes += sum(_lines(f) for f in (run / "bash").glob("round*_predictions.jsonl"))
     return sum(r["train/trained_tokens"] for r in rows), passes
+
+
+def _fraction(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
 
 
 def report(
@@ -66,28 +89,32 @@ def report(
             by_steps[steps[e["id"]]].append(e["correct"])
         wall = sum(timings[s] for s in _cost_stages(name, timings))
         tokens, passes = _training_cost(run, base, name)
-        rows.append(
-            {
-                "method": name,
-                "exact_match": scores["summary"]["exact_match"],
-                "exact_match_ci": scores["summary"]["exact_match_ci"],
-                "n": scores["summary"]["n"],
-                "by_steps": {
-                    k: sum(v) / len(v) for k, v in sorted(by_steps.items()) if k is not None
-                },
-                "trained_tokens": tokens,
-                "forward_sequences": passes,
-                "train_wall_s": wall,
-            }
-        )
+        row = {
+            "method": name,
+            "exact_match": scores["summary"]["exact_match"],
+            "exact_match_ci": scores["summary"]["exact_match_ci"],
+            "n": scores["summary"]["n"],
+            "by_steps": {k: sum(v) / len(v) for k, v in sorted(by_steps.items()) if k is not None},
+            "trained_tokens": tokens,
+            "forward_sequences": passes,
+            "train_wall_s": wall,
+        }
+        if name.endswith(DPO_SUFFIX):  # at the end of training, which always evaluates
+            row["preference_accuracy"] = plots.read_metrics(run / name / "metrics.jsonl")[-1][
+                "eval/reward_accuracy"
+            ]
+        rows.append(row)
     write_json(run / "results.json", rows)
+    dpo = any("preference_accuracy" in r for r in rows)
     table = [
-        "| method | exact match | trained tokens | forward passes | training wall time (s) |",
-        "|---|---:|---:|---:|---:|",
+        "| method | exact match | trained tokens | forward passes | training wall time (s) |"
+        + (" held-out preference accuracy |" if dpo else ""),
+        "|---|---:|---:|---:|---:|" + ("---:|" if dpo else ""),
     ]
     table += [
         f"| {r['method']} | {r['exact_match']:.3f} ({round(r['exact_match'] * r['n'])}/{r['n']}) | "
         f"{r['trained_tokens']:,} | {r['forward_sequences']:,} | {r['train_wall_s']:.0f} |"
+        + (f" {_fraction(r.get('preference_accuracy'))} |" if dpo else "")
         for r in rows
     ]
     write_text(run / "results.md", "\n".join(table) + "\n")
@@ -103,10 +130,11 @@ def report(
 
 def method_curves(run: Path, base: Path, names: list[str]) -> dict[str, list[dict]]:
     """Each method's metrics rows, BASH's rounds one after the other (the SFT base, which all
-    start from, and RAC's second inference mode have no curve of their own here)."""
+    start from, and RAC's second inference mode have no curve of their own here, nor DPO, whose
+    loss is not per token: its curves are in its run's learning_curve.png and wandb)."""
     curves = {}
     for name in names:
-        if name in ("pretrained", "sft_base", "rac_self_correct"):
+        if name in ("pretrained", "sft_base", "rac_self_correct") or name.endswith(DPO_SUFFIX):
             continue
         rows: list[dict] = []
         for f in _metrics_files(run, base, name):

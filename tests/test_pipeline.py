@@ -1,6 +1,7 @@
-"""The whole comparison on a tiny configuration, each stage under the `deepspeed` launcher with 2
-processes: killed once its first generation stage is done, then rerun, it redoes nothing that
-was finished and completes the report."""
+"""The whole comparison on a tiny configuration, every method and DPO after RAC, one process a
+stage: killed once its first generation stage is done, then rerun, it redoes nothing that was
+finished and completes the report; a third run has nothing to do. (Stages under the `deepspeed`
+launcher: tests/test_signals.py and, on two nodes, tests/test_slurm.py.)"""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ import psutil
 import pytest
 
 from pipeline.__main__ import last_progress
-from tests.launch import REPO, TINY_PIPELINE, env
+from tests.launch import REPO, TINY_PIPELINE, env, run
 
 pytestmark = pytest.mark.slow
 
-TINY = [*TINY_PIPELINE, "--nproc", "2"]
+TINY = [*TINY_PIPELINE, "--nproc", "1", "--dpo_after", "rac", "--dpo_steps", "4"]
 FINISHED_BEFORE_KILL = {
     "data": "data/difficulty.json",
     "tokenizer": "tokenizer/tokenizer.json",
@@ -79,13 +80,30 @@ def test_pipeline_resumes_after_kill(tmp_path: Path) -> None:
     assert re.search(r"\| (\d+)/\1 \[", second.stderr), second.stderr[-2000:]
 
     results = {r["method"]: r for r in json.loads((run_dir / "results.json").read_text())}
-    assert set(results) == {"sft_base", "sft", "bash", "rac", "rac_self_correct", "scs"}
+    assert list(results) == ["sft_base", "sft", "bash", "rac", "scs", "rac+dpo", "rac_self_correct"]
     for r in results.values():
         assert r["n"] == 24 and 0 <= r["exact_match"] <= 1 and r["trained_tokens"] > 0
+        low, high = r["exact_match_ci"]
+        assert low <= r["exact_match"] <= high
     assert (run_dir / "results.png").stat().st_size > 10_000
-    assert "| bash |" in (run_dir / "results.md").read_text()
+    table = (run_dir / "results.md").read_text()
+    assert "| bash |" in table and "| rac+dpo |" in table
     # Every stage ran exactly once over the two runs: its time was recorded once and kept.
     assert set(FINISHED_BEFORE_KILL) <= set(json.loads(timings.read_text()))
+
+    # DPO's cost from the SFT base: RAC's, then the pairs, the reference and DPO's own steps.
+    dpo, rac = results["rac+dpo"], results["rac"]
+    assert dpo["trained_tokens"] > rac["trained_tokens"]
+    assert dpo["forward_sequences"] > rac["forward_sequences"]
+    assert dpo["train_wall_s"] > rac["train_wall_s"] > 0
+    assert 0 <= dpo["preference_accuracy"] <= 1  # on the held-out pairs, at the end
+    steps = [json.loads(line) for line in (run_dir / "rac+dpo/metrics.jsonl").open()]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4] and "train/reward_margin" in steps[0]
+
+    third = run("pipeline", [*TINY, "--run_dir", str(run_dir)], timeout=300)
+    assert "[running]" not in third.stdout
+    for stage in ("dpo_samples", "dpo_pairs", "dpo_reference_rac", "rac+dpo", "eval_test_rac+dpo"):
+        assert f"[done before] {stage}\n" in third.stdout
 
 
 def test_last_progress_is_the_last_redrawn_line(tmp_path: Path) -> None:
