@@ -1,0 +1,166 @@
+"""The measurement of issue 14: DPO after SFT, after RAC and after BASH on the synthetic math task
+(configs/compare_demo.yaml), the same DPO for every start, so that the start is what differs.
+
+    python -m bench.compare_dpo [--output_dir bench_runs/compare_dpo] [--seeds 0,1,2]
+
+1. The base: data, tokenizer and the SFT model every method starts from (`pipeline`).
+2. The starts: SFT (continued), BASH and RAC from the base with the config's variants (those the
+   methods' comparison chose on validation, bench/RESULTS.md), `method_steps` each.
+3. The pairs, shared by every start: the SFT base samples `dpo_samples_per_prompt` answers at
+   T = 1 to each of the first `DPO_PROMPTS` training problems; chosen a right one (or the
+   reference), rejected a wrong one. Held-out pairs the same way from validation problems.
+4. Tuning on the validation split (seed 0), on the SFT start alone: every DPO setting of
+   `SETTINGS`; the one with the best validation exact match of sft+dpo is used for every start.
+5. The test split, touched once: for each seed, every start and its DPO (one pipeline run).
+   Exact match mean and sd over seeds; per seed, the paired exact McNemar test of each m+dpo
+   against sft+dpo and against its own start m, on the same test problems; the held-out
+   preference accuracy and the last step's reward margin of each DPO run.
+
+Every run is a `pipeline` run, so a rerun skips what is finished. Prints markdown for
+bench/RESULTS.md and writes <output_dir>/summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.compare_methods import pipeline
+from data_tools.atomic import write_json
+from data_tools.config import parse_config
+from data_tools.errors import run_tool
+from data_tools.scoring import score_file
+from methods.correction import CORRECTION_MARKER
+from pipeline.plan import DPO_SUFFIX
+
+STARTS = ("sft", "rac", "bash")
+DPO_PROMPTS = 1000
+# DPO settings tried on validation: (name, pipeline options).
+SETTINGS = [
+    ("beta 0.1, lr 3e-4", ["--dpo_beta", "0.1", "--dpo_learning_rate", "3e-4"]),
+    ("beta 0.5, lr 3e-4", ["--dpo_beta", "0.5", "--dpo_learning_rate", "3e-4"]),
+    ("beta 0.1, lr 1e-4", ["--dpo_beta", "0.1", "--dpo_learning_rate", "1e-4"]),
+]
+COMMON = ["--dpo_prompts", str(DPO_PROMPTS), "--dpo_steps", "100"]
+
+
+def mcnemar(a: list[bool], b: list[bool]) -> tuple[int, int, float]:
+    """The exact McNemar test of two models' correctness on the same problems: the problems only
+    `a` got right, those only `b` got right, and the two-sided p-value (a binomial test of the
+    discordant pairs at one half)."""
+    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
+    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
+    n, k = only_a + only_b, min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return only_a, only_b, min(1.0, 2 * tail)
+
+
+def correct(run_dir: Path, split: str, model: str) -> list[bool]:
+    """Each problem's correctness, in the split's order."""
+    scores = score_file(run_dir / "eval" / split / f"{model}.jsonl", "math", CORRECTION_MARKER)
+    return [e["correct"] for e in scores["examples"]]
+
+
+def last_metrics(run_dir: Path, model: str) -> dict:
+    *_, last = (run_dir / model / "metrics.jsonl").read_text().splitlines()
+    return json.loads(last)
+
+
+@dataclass
+class CompareDPOArgs:
+    output_dir: str = field(
+        default="bench_runs/compare_dpo", metadata={"help": "folder of every pipeline run"}
+    )
+    seeds: str = field(default="0,1,2", metadata={"help": "the test runs' seeds, comma-separated"})
+
+    def __post_init__(self) -> None:
+        try:
+            [int(s) for s in self.seeds.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"seeds must be integers separated by commas, got {self.seeds!r}"
+            ) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    (args,) = parse_config((CompareDPOArgs,), argv)
+    out, seeds = Path(args.output_dir), [int(s) for s in args.seeds.split(",")]
+    base = ["--base_dir", str(out / "base")]
+    pipeline(out / "base", "--methods", "", "--report_split", "validation")
+
+    print("\n| DPO setting | sft validation exact match | sft+dpo | held-out preference accuracy |")
+    print("|---|---:|---:|---:|")
+    tuned = []
+    for name, options in SETTINGS:
+        run_dir = out / "validation" / name.replace(" ", "").replace(",", "_")
+        r = pipeline(
+            run_dir, *base, "--methods", "sft", "--dpo_after", "sft", *COMMON, *options,
+            "--report_split", "validation",
+        )  # fmt: skip
+        dpo = r["sft+dpo"]
+        tuned.append((dpo["exact_match"], name, options))
+        print(
+            f"| {name} | {r['sft']['exact_match']:.3f} | {dpo['exact_match']:.3f} | "
+            f"{dpo['preference_accuracy']:.3f} |"
+        )
+    _, chosen, options = max(tuned, key=lambda t: t[0])
+    print(f"\nChosen on validation: {chosen}")
+
+    summary: dict = {"setting": chosen, "seeds": {}}
+    for seed in seeds:
+        run_dir = out / "test" / f"seed{seed}"
+        results = pipeline(
+            run_dir, *base, "--seed", str(seed), "--methods", ",".join(STARTS),
+            "--dpo_after", ",".join(STARTS), *COMMON, *options, "--report_split", "test",
+        )  # fmt: skip
+        answers = {m: correct(run_dir, "test", m) for m in results}
+        seed_rows = {}
+        for m in STARTS:
+            dpo = m + DPO_SUFFIX
+            metrics = last_metrics(run_dir, dpo)
+            seed_rows[dpo] = {
+                "exact_match": results[dpo]["exact_match"],
+                "start_exact_match": results[m]["exact_match"],
+                "against_start": mcnemar(answers[dpo], answers[m]),
+                "against_sft+dpo": mcnemar(answers[dpo], answers["sft+dpo"]),
+                "preference_accuracy": results[dpo]["preference_accuracy"],
+                "reward_margin": metrics["train/reward_margin"],
+            }
+        summary["seeds"][seed] = seed_rows
+
+    print(f"\n### The test split (n = {len(answers['sft'])}, seeds {args.seeds}), DPO {chosen}\n")
+    print("| model | exact match, mean ± sd | per seed | its start, per seed |")
+    print("|---|---:|---|---|")
+    for m in STARTS:
+        runs = [summary["seeds"][s][m + DPO_SUFFIX] for s in seeds]
+        ems = [r["exact_match"] for r in runs]
+        starts = [r["start_exact_match"] for r in runs]
+        sd = statistics.stdev(ems) if len(ems) > 1 else 0.0
+        print(
+            f"| {m + DPO_SUFFIX} | {statistics.mean(ems):.3f} ± {sd:.3f} | "
+            f"{', '.join(f'{e:.3f}' for e in ems)} | {', '.join(f'{e:.3f}' for e in starts)} |"
+        )
+    print("\n| model, seed | only it right / only the other right, p (exact McNemar) | ", end="")
+    print("held-out preference accuracy | last reward margin |")
+    print("|---|---|---:|---:|")
+    for s in seeds:
+        for m in STARTS:
+            r = summary["seeds"][s][m + DPO_SUFFIX]
+            against = {m: r["against_start"]}
+            if m != "sft":
+                against["sft+dpo"] = r["against_sft+dpo"]
+            tests = "; ".join(
+                f"against {o}: {a}/{b}, p {p:.3f}" for o, (a, b, p) in against.items()
+            )
+            print(
+                f"| {m + DPO_SUFFIX}, {s} | {tests} | {r['preference_accuracy']:.3f} | "
+                f"{r['reward_margin']:.3f} |"
+            )
+    write_json(out / "summary.json", summary)
+
+
+if __name__ == "__main__":
+    run_tool(main)
