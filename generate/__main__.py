@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
             model_args.model_config,
             dtype=DTYPES[precision],
             seed=args.seed,
+            attn_implementation=model_args.attn_implementation,
         )
         # Decode exactly as the options say, not with a checkpoint's defaults (sampling, penalties).
         model.generation_config = GenerationConfig(

@@ -262,6 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model_args.model_name_or_path,
         model_args.model_config,
         dtype=DTYPES[resolve_precision(args.precision)],
+        attn_implementation=model_args.attn_implementation,
     )
     # Plain greedy decoding, not a checkpoint's defaults (sampling, penalties).
     model.generation_config = GenerationConfig(

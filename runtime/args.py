@@ -6,9 +6,13 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from transformers.utils import is_flash_attn_2_available
+
 from data_tools.preferences import load_preferences
 from data_tools.schema import Example, Preference
 from data_tools.sources import load_examples
+
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 
 @dataclass
@@ -26,6 +30,24 @@ class ModelArgs:
     tokenizer: str | None = field(
         default=None, metadata={"help": "tokenizer; default: model_name_or_path"}
     )
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={
+            "help": "sdpa (PyTorch's fused attention), eager, or flash_attention_2 (GPUs, with "
+            "the flash-attn package); packed rows stay block-diagonal under each"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.attn_implementation not in ATTENTION:
+            raise ValueError(
+                f"attn_implementation {self.attn_implementation!r}: choose one of {ATTENTION}"
+            )
+        if self.attn_implementation == "flash_attention_2" and not is_flash_attn_2_available():
+            raise ValueError(
+                "attn_implementation flash_attention_2 needs a CUDA GPU and the flash-attn "
+                "package (pip install flash-attn); sdpa runs everywhere"
+            )
 
     def tokenizer_path(self) -> str:
         path = self.tokenizer or self.model_name_or_path

@@ -75,14 +75,18 @@ def base_name(name_or_path: str) -> str:
     return base
 
 
-def load_merged(path: str, dtype: torch.dtype) -> PreTrainedModel:
+def load_merged(
+    path: str, dtype: torch.dtype, attn_implementation: str = "sdpa"
+) -> PreTrainedModel:
     """The base model named in `path`/adapter_config.json with the adapter merged in."""
     if is_deepspeed_zero3_enabled():
         raise ValueError(
             f"{path}: a LoRA adapter cannot be merged into ZeRO-3 partitioned weights; "
             "start from a merged export (lora_export: merged) or use ZeRO-2"
         )
-    model = AutoModelForCausalLM.from_pretrained(base_name(path), dtype=dtype, use_safetensors=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        base_name(path), dtype=dtype, use_safetensors=True, attn_implementation=attn_implementation
+    )
     return PeftModel.from_pretrained(model, path).merge_and_unload()
 
 

@@ -27,11 +27,15 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_pretrained(name_or_path: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+def load_pretrained(
+    name_or_path: str, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"
+) -> PreTrainedModel:
     """A causal LM from a hub name or folder: a full model, or a LoRA adapter merged into its base."""
     if lora.is_adapter(name_or_path):
-        return lora.load_merged(name_or_path, dtype)
-    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, use_safetensors=True)
+        return lora.load_merged(name_or_path, dtype, attn_implementation)
+    return AutoModelForCausalLM.from_pretrained(
+        name_or_path, dtype=dtype, use_safetensors=True, attn_implementation=attn_implementation
+    )
 
 
 def load_model(
@@ -40,14 +44,16 @@ def load_model(
     config_file: str | None = None,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    attn_implementation: str = "sdpa",
 ) -> PreTrainedModel:
     """Pretrained weights from `name_or_path` (safetensors only; a LoRA adapter folder loads
     as its base with the adapter merged in), or a new model initialised from the JSON
-    `config_file` with the tokenizer's vocabulary and special tokens."""
+    `config_file` with the tokenizer's vocabulary and special tokens; attention as
+    `attn_implementation` says (ModelArgs)."""
     if (name_or_path is None) == (config_file is None):
         raise ValueError("give exactly one of model_name_or_path and model_config")
     if name_or_path is not None:
-        return load_pretrained(name_or_path, dtype)
+        return load_pretrained(name_or_path, dtype, attn_implementation)
     values = json.loads(Path(config_file).read_text(encoding="utf-8"))
     values.update(
         vocab_size=len(tokenizer),
@@ -57,4 +63,6 @@ def load_model(
     )
     config = AutoConfig.for_model(**values)
     torch.manual_seed(seed)  # the same initial weights on every rank and in every test
-    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return AutoModelForCausalLM.from_config(
+        config, dtype=dtype, attn_implementation=attn_implementation
+    )

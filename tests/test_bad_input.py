@@ -31,6 +31,7 @@ from data_tools.sources import load_examples
 from data_tools.tokenization import IGNORE_INDEX, Encoded, encode_examples, encode_prompts
 from methods.correction import read_draft_ids, read_drafts
 from methods.scheduled_sampling import load_predictions
+from runtime.args import ModelArgs
 from runtime.fingerprint import tokenizer_fingerprint
 from tests.launch import run
 from tests.models import MODELS
@@ -455,3 +456,12 @@ def test_train_refuses_predictions_with_a_float_token(
     result = run("train", [*args, "--precision", "fp32"], check=False)
     assert_one_error_line(result, f"{predictions}:1: field 'predictions[0]'", "got 3.0")
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_an_unknown_or_unavailable_attention_is_refused_before_loading() -> None:
+    with pytest.raises(ValueError, match=r"attn_implementation 'flash': choose one of"):
+        ModelArgs(model_name_or_path="m", attn_implementation="flash")
+    # On this CPU machine flash-attn cannot run: said in a sentence, not an ImportError later.
+    with pytest.raises(ValueError, match="needs a CUDA GPU and the flash-attn package"):
+        ModelArgs(model_name_or_path="m", attn_implementation="flash_attention_2")
+    assert ModelArgs(model_name_or_path="m", attn_implementation="eager").attn_implementation

@@ -1,5 +1,6 @@
 """Sequence packing against the same examples padded one per row, and one at a time: the same
-loss and gradients; BASH's and RAC's examples unchanged inside their rows; positions restart."""
+loss and gradients under `sdpa` and `eager` attention; BASH's and RAC's examples unchanged inside
+their rows; positions restart."""
 
 from __future__ import annotations
 
@@ -42,11 +43,16 @@ def batch(tokenizer: PreTrainedTokenizerBase) -> list[Encoded]:
     return [*sft[1:], bash, rac]
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
+@pytest.fixture(scope="module", params=["sdpa", "eager"])
+def model(request, tmp_path_factory, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
+    """The tiny model under each attention implementation that runs on CPU."""
     config = tmp_path_factory.mktemp("packing") / "tiny.json"
     config.write_text(json.dumps(MODELS["llama-64"]))
-    return load_model(tokenizer, config_file=str(config), seed=0).eval()
+    model = load_model(
+        tokenizer, config_file=str(config), seed=0, attn_implementation=request.param
+    )
+    assert model.config._attn_implementation == request.param
+    return model.eval()
 
 
 def loss_and_grads(model: torch.nn.Module, inputs: dict, **kwargs) -> tuple[float, list]:

@@ -147,11 +147,15 @@ def test_two_node_generation_matches_one_process(cluster, setup, one_process):
     assert len(output.read_text().splitlines()) == 20
 
 
-def test_signalled_training_requeues_and_resumes_as_if_uninterrupted(cluster, setup, two_nodes):
-    """SIGUSR1 mid-run (as SLURM sends it before the time limit): a checkpoint, a requeue, a
-    resume; the same final weights as the uninterrupted run, one wandb run, and a job waiting on
-    this one (afterok) starts only after the resumed run has finished."""
-    out, logs = setup / "signalled", setup / "logs"
+@pytest.mark.parametrize("sig", ["USR1", "TERM"])
+def test_signalled_training_requeues_and_resumes_as_if_uninterrupted(
+    cluster, setup, two_nodes, sig
+):
+    """SIGUSR1 (as SLURM sends it before the time limit) or SIGTERM (`scancel --signal=TERM`)
+    mid-run: a checkpoint, a requeue, a resume; the same final weights as the uninterrupted run,
+    one wandb run, and a job waiting on this one (afterok) starts only after the resumed run has
+    finished."""
+    out, logs = setup / f"signalled_{sig}", setup / "logs"
     args = [*train_args(setup, out, 2), "--wandb_project", "tests"]
     job_id = sbatch(cluster, logs, *TWO_NODES, "slurm/train.sbatch", *args)
     after = sbatch(
@@ -165,7 +169,7 @@ def test_signalled_training_requeues_and_resumes_as_if_uninterrupted(cluster, se
     while not metrics.exists() or len(metrics.read_text().splitlines()) < 3:
         assert time.monotonic() < deadline, log_tails(logs, [job_id])
         time.sleep(0.1)
-    subprocess.run(["scancel", "--signal=USR1", job_id], env=cluster, check=True)
+    subprocess.run(["scancel", f"--signal={sig}", job_id], env=cluster, check=True)
     wait_completed(cluster, [job_id, after], logs)
 
     assert job(cluster, job_id)["Restarts"] == "1"

@@ -168,7 +168,11 @@ def main() -> None:
     partitioned_load = zero_stage(ds_config) == 3 and model_args.model_name_or_path is not None
     ds_hf = HfDeepSpeedConfig(ds_config) if partitioned_load else None
     model = load_model(
-        tokenizer, model_args.model_name_or_path, model_args.model_config, seed=args.seed
+        tokenizer,
+        model_args.model_name_or_path,
+        model_args.model_config,
+        seed=args.seed,
+        attn_implementation=model_args.attn_implementation,
     )
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
