@@ -6,7 +6,8 @@ no stage may run to completion twice.
 
 1. An uninterrupted run (`pipeline` with `options`), timed: T seconds.
 2. The chaos run: started, SIGKILLed (pipeline and stage, as a node failure would) at a moment
-   drawn uniformly from [min_s, T] of its own time, rerun; `kills` times; then rerun to the end.
+   drawn uniformly from [min_s, 0.9 L] of its own time, L the uninterrupted run's time for the
+   stages not yet done, rerun; `kills` times; then rerun to the end.
 3. The verdict: each method's exact match and n equal in both runs' results.json, and the
    evaluation files (eval/<split>/<model>.jsonl) compared line by line; each stage recorded in
    timings.json by one run only (a stage records its time when it completes; a rerun skips it).
@@ -107,14 +108,18 @@ def main() -> None:
         and start(options, reference, out / "uninterrupted.log").wait() != 0
     ):
         raise SystemExit(f"the uninterrupted run failed: see {out / 'uninterrupted.log'}")
-    total_s = sum(json.loads((reference / "timings.json").read_text()).values())
+    stage_s = json.loads((reference / "timings.json").read_text())
+    total_s = sum(stage_s.values())
     print(f"uninterrupted: {total_s:.0f} s", flush=True)
 
     runs: list[dict] = []
     while True:
         before = completed(chaos)
         pipeline = start(options, chaos, out / "chaos.log")
-        kill_at = draw.uniform(args.min_s, max(args.min_s, total_s))
+        # Within the work left (the uninterrupted run's times of the stages not yet done), so
+        # that a kill lands before the end however fast this machine runs now.
+        left_s = sum(t for name, t in stage_s.items() if name not in before)
+        kill_at = draw.uniform(args.min_s, max(args.min_s, 0.9 * left_s))
         killed = False
         if len(runs) < args.kills:
             deadline = time.monotonic() + kill_at

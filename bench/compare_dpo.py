@@ -28,7 +28,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.compare_methods import pipeline
+from bench.compare_methods import CompareArgs, pipeline
 from data_tools.atomic import write_json
 from data_tools.config import parse_config
 from data_tools.errors import run_tool
@@ -70,24 +70,15 @@ def last_metrics(run_dir: Path, model: str) -> dict:
 
 
 @dataclass
-class CompareDPOArgs:
+class CompareDPOArgs(CompareArgs):
     output_dir: str = field(
         default="bench_runs/compare_dpo", metadata={"help": "folder of every pipeline run"}
     )
-    seeds: str = field(default="0,1,2", metadata={"help": "the test runs' seeds, comma-separated"})
-
-    def __post_init__(self) -> None:
-        try:
-            [int(s) for s in self.seeds.split(",")]
-        except ValueError:
-            raise ValueError(
-                f"seeds must be integers separated by commas, got {self.seeds!r}"
-            ) from None
 
 
 def main(argv: list[str] | None = None) -> None:
     (args,) = parse_config((CompareDPOArgs,), argv)
-    out, seeds = Path(args.output_dir), [int(s) for s in args.seeds.split(",")]
+    out, seeds = Path(args.output_dir), args.seed_list()
     base = ["--base_dir", str(out / "base")]
     pipeline(out / "base", "--methods", "", "--report_split", "validation")
 

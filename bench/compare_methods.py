@@ -156,16 +156,19 @@ class CompareArgs:
 
     def __post_init__(self) -> None:
         try:
-            [int(s) for s in self.seeds.split(",")]
+            self.seed_list()
         except ValueError:
             raise ValueError(
                 f"seeds must be integers separated by commas, got {self.seeds!r}"
             ) from None
 
+    def seed_list(self) -> list[int]:
+        return [int(s) for s in self.seeds.split(",")]
+
 
 def main(argv: list[str] | None = None) -> None:
     (args,) = parse_config((CompareArgs,), argv)
-    out, seeds = Path(args.output_dir), [int(s) for s in args.seeds.split(",")]
+    out, seeds = Path(args.output_dir), args.seed_list()
 
     base = pipeline(out / "base", "--methods", "", "--report_split", "validation")
     print(f"SFT base, validation exact match: {base['sft_base']['exact_match']:.3f}")
