@@ -6,7 +6,7 @@ no stage may run to completion twice.
 
 1. An uninterrupted run (`pipeline` with `options`), timed: T seconds.
 2. The chaos run: started, SIGKILLed (pipeline and stage, as a node failure would) at a moment
-   drawn uniformly from [min_s, 0.9 L] of its own time, L the uninterrupted run's time for the
+   drawn uniformly from [min_s, L / 2] of its own time, L the uninterrupted run's time for the
    stages not yet done, rerun; `kills` times; then rerun to the end.
 3. The verdict: each method's exact match and n equal in both runs' results.json, and the
    evaluation files (eval/<split>/<model>.jsonl) compared line by line; each stage recorded in
@@ -116,10 +116,10 @@ def main() -> None:
     while True:
         before = completed(chaos)
         pipeline = start(options, chaos, out / "chaos.log")
-        # Within the work left (the uninterrupted run's times of the stages not yet done), so
-        # that a kill lands before the end however fast this machine runs now.
+        # Within the first half of the work left (by the uninterrupted run's times of the stages
+        # not yet done), so that a kill lands before the end even if this run is faster.
         left_s = sum(t for name, t in stage_s.items() if name not in before)
-        kill_at = draw.uniform(args.min_s, max(args.min_s, 0.9 * left_s))
+        kill_at = draw.uniform(args.min_s, max(args.min_s, 0.5 * left_s))
         killed = False
         if len(runs) < args.kills:
             deadline = time.monotonic() + kill_at

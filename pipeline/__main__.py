@@ -164,14 +164,20 @@ def main() -> None:
                     f"base_dir: {plan.base_dir / needed} is missing; run the base first"
                 )
     hold(plan.run_dir / ".lock", plan.run_dir)
-    timings_file = plan.run_dir / "timings.json"
+    timings_file, base_timings = plan.run_dir / "timings.json", plan.base_dir / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    # The base's stages, done in base_dir, have their times there.
+    recorded = (
+        json.loads(base_timings.read_text()) if args.base_dir and base_timings.exists() else {}
+    )
     bar = tqdm(total=len(plan.stages), desc="stages", unit="stage", dynamic_ncols=True)
     for stage in plan.stages:
         if relay.signum is not None:  # it came between stages
             raise SystemExit(128 + relay.signum)
         if stage.done():
-            print(f"[done before] {stage.name}", flush=True)
+            known = stage.name in timings or stage.name in recorded
+            unknown = "" if known else " (its time was not recorded: stopped after it ended)"
+            print(f"[done before] {stage.name}{unknown}", flush=True)
             bar.update()
             continue
         bar.set_description(stage.name)
@@ -181,10 +187,8 @@ def main() -> None:
         write_json(timings_file, timings)
         bar.update()
     bar.close()
-    base_timings = plan.base_dir / "timings.json"
-    if args.base_dir and base_timings.exists():
-        timings = {**json.loads(base_timings.read_text()), **timings}
-    rows = report(plan.run_dir, plan.base_dir, plan.evaluations, timings)
+    stages = [s.name for s in plan.stages]
+    rows = report(plan.run_dir, plan.base_dir, plan.evaluations, stages, recorded | timings)
     with Tracker(
         args.wandb_project, str(plan.run_dir), asdict(args), "report", "report", args.group()
     ) as tracker:

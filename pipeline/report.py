@@ -33,16 +33,24 @@ def _lines(path: Path) -> int:
     return sum(1 for _ in path.open()) if path.exists() else 0
 
 
-def _cost_stages(name: str, timings: dict[str, float]) -> list[str]:
-    """A DPO row's stages are its start method's, the shared pairs', its reference's and its
-    own: the cost from the SFT base, as every other row's (held-out pairs are evaluation)."""
+def _cost_stages(name: str, stages: list[str]) -> list[str]:
+    """The stages (of the plan's `stages`) whose wall time is a row's cost. A DPO row's are its
+    start method's, the shared pairs', its reference's and its own: the cost from the SFT base,
+    as every other row's (held-out pairs are evaluation)."""
     if name.endswith(DPO_SUFFIX):
         start = name.removesuffix(DPO_SUFFIX)
         own = (*DPO_PAIRS, f"dpo_reference_{start}", name)
-        return _cost_stages(start, timings) + [s for s in timings if s in own]
+        return _cost_stages(start, stages) + [s for s in stages if s in own]
     if name == "bash":  # every round's predictions and training
-        return [s for s in timings if s.startswith("bash_")]
-    return [s for s in timings if s in COSTS[name]]
+        return [s for s in stages if s.startswith("bash_")]
+    return [s for s in stages if s in COSTS[name]]
+
+
+def wall_time(name: str, stages: list[str], timings: dict[str, float]) -> float | None:
+    """A row's training wall time; None when a stage's time was never recorded (a run stopped
+    between a stage's end and the record of its time), rather than a sum that leaves it out."""
+    costs = _cost_stages(name, stages)
+    return None if any(s not in timings for s in costs) else sum(timings[s] for s in costs)
 
 
 def _metrics_files(run: Path, base: Path, name: str) -> list[Path]:
@@ -77,8 +85,16 @@ def _fraction(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
+def _seconds(value: float | None) -> str:
+    return "not recorded" if value is None else f"{value:.0f}"
+
+
 def report(
-    run: Path, base: Path, evaluations: dict[str, Path], timings: dict[str, float]
+    run: Path,
+    base: Path,
+    evaluations: dict[str, Path],
+    stages: list[str],
+    timings: dict[str, float],
 ) -> list[dict]:
     rows = []
     for name, path in evaluations.items():
@@ -87,7 +103,7 @@ def report(
         by_steps: dict[int, list[bool]] = defaultdict(list)
         for e in scores["examples"]:
             by_steps[steps[e["id"]]].append(e["correct"])
-        wall = sum(timings[s] for s in _cost_stages(name, timings))
+        wall = wall_time(name, stages, timings)
         tokens, passes = _training_cost(run, base, name)
         row = {
             "method": name,
@@ -113,7 +129,7 @@ def report(
     ]
     table += [
         f"| {r['method']} | {r['exact_match']:.3f} ({round(r['exact_match'] * r['n'])}/{r['n']}) | "
-        f"{r['trained_tokens']:,} | {r['forward_sequences']:,} | {r['train_wall_s']:.0f} |"
+        f"{r['trained_tokens']:,} | {r['forward_sequences']:,} | {_seconds(r['train_wall_s'])} |"
         + (f" {_fraction(r.get('preference_accuracy'))} |" if dpo else "")
         for r in rows
     ]

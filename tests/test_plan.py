@@ -8,6 +8,7 @@ import pytest
 from data_tools.config import parse_config
 from pipeline.args import PipelineArgs
 from pipeline.plan import Stage, build_plan
+from pipeline.report import wall_time
 
 
 def plan_of(*argv: str):
@@ -121,3 +122,17 @@ def test_dpo_samples_for_the_first_prompts_of_the_method_examples() -> None:
         plan = plan_of("--dpo_after", "sft", "--dpo_prompts", given)
         samples, pairs = (options(s) for s in plan.stages if s.name in ("dpo_samples", "dpo_pairs"))
         assert samples["--limit"] == pairs["--limit"] == limit
+
+
+def test_a_rowswall_time_is_its_stages_or_not_recorded() -> None:
+    """The cost of a row sums its stages' recorded times; one never recorded (a run stopped
+    between a stage's end and its record) makes the whole unknown, not a smaller sum."""
+    stages = [s.name for s in plan_of("--methods", "bash,rac", "--dpo_after", "rac").stages]
+    timings = dict.fromkeys(stages, 1.0)
+    assert wall_time("bash", stages, timings) == 2.0  # predictions and training, one round
+    assert wall_time("rac_self_correct", stages, timings) == 3.0
+    # RAC's three, the shared pairs' two and the reference and training of its DPO.
+    assert wall_time("rac+dpo", stages, timings) == 7.0
+    del timings["dpo_pairs"]
+    assert wall_time("rac+dpo", stages, timings) is None
+    assert wall_time("rac", stages, timings) == 3.0

@@ -110,7 +110,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
                 ]
             )
             finish(started[0])
-            rows = report(run_dir, run_dir, {"sft": generations}, {"sft": 1.0})
+            rows = report(run_dir, run_dir, {"sft": generations}, ["sft"], {"sft": 1.0})
             with Tracker(PROJECT, str(run_dir), {}, "report", "report", GROUP) as tracker:
                 track(rows, run_dir, tracker)
     finally:  # a failure above leaves no process behind
