@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,26 +62,42 @@ class Tracker:
     def __exit__(self, *exc: object) -> None:
         self.finish()
 
+    def _send(self, call: Callable[[Any], object]) -> None:
+        """`call(run)`, unless wandb's service process has ended: SLURM's scancel and preemption
+        signal every process of a job, and wandb-core exits on SIGTERM (wandb/wandb#9963). The
+        run then stops logging, with one warning; the metrics go on in metrics.jsonl, and the
+        requeued job continues the wandb run."""
+        if self.run is None:
+            return
+        try:
+            call(self.run)
+        except OSError as error:
+            self.run = None
+            print(
+                f"warning: wandb stopped logging ({error!r}): its service process has ended; "
+                "the metrics go on in metrics.jsonl",
+                file=sys.stderr,
+                flush=True,
+            )
+
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        if self.run is not None:
-            self.run.log(metrics, step=step)
+        self._send(lambda run: run.log(metrics, step=step))
 
     def summary(self, metrics: dict[str, Any]) -> None:
-        if self.run is not None:
-            self.run.summary.update(metrics)
+        self._send(lambda run: run.summary.update(metrics))
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
         if self.run is not None:
             import wandb
 
-            self.run.log({key: wandb.Table(columns=columns, data=rows)})
+            self.log({key: wandb.Table(columns=columns, data=rows)})
 
     def log_image(self, key: str, path: Path) -> None:
         """A PNG written beside the results, shown in the run's media panel."""
         if self.run is not None:
             import wandb
 
-            self.run.log({key: wandb.Image(str(path))})
+            self.log({key: wandb.Image(str(path))})
 
     def log_lines(
         self, key: str, x: list[float], ys: dict[str, list[float]], title: str, xname: str
@@ -89,7 +107,7 @@ class Tracker:
             import wandb
 
             chart = wandb.plot.line_series(x, list(ys.values()), list(ys), title, xname)
-            self.run.log({key: chart})
+            self.log({key: chart})
 
     def log_artifact(self, kind: str, *paths: Path, reference: bool = False) -> None:
         """Files or folders as one artifact of type `kind`, named after the group, the run and
@@ -109,9 +127,8 @@ class Tracker:
                 artifact.add_dir(str(path), name=path.name, policy="immutable")
             else:
                 artifact.add_file(str(path), policy="immutable")
-        self.run.log_artifact(artifact)
+        self._send(lambda run: run.log_artifact(artifact))
 
     def finish(self) -> None:
-        if self.run is not None:
-            self.run.finish()
-            self.run = None
+        self._send(lambda run: run.finish())
+        self.run = None

@@ -182,10 +182,19 @@ def test_signalled_training_requeues_and_resumes_as_if_uninterrupted(
     assert_same_weights(out, two_nodes(2), rtol=1e-6, atol=1e-7)
 
     # One wandb run (the same id) in two offline parts: the steps before and after the signal.
+    # SIGTERM reaches wandb's service process too, which ends at once (wandb/wandb#9963): what
+    # it had not yet written of the first part is lost (metrics.jsonl has every step, above).
     parts = sorted((out / "wandb").glob("offline-run-*"))
     assert len(parts) == 2 and len({p.name.split("-")[-1] for p in parts}) == 1
-    steps = [[r["_step"] for r in wandb_files.history(p) if "train/loss" in r] for p in parts]
-    assert steps == [list(range(1, stopped_at + 1)), list(range(stopped_at + 1, STEPS + 1))]
+    before, after = (
+        [r["_step"] for r in wandb_files.history(p) if "train/loss" in r] for p in parts
+    )
+    if sig == "USR1":
+        assert before == list(range(1, stopped_at + 1))
+    else:
+        assert before == list(range(1, len(before) + 1)) and len(before) <= stopped_at
+        assert "warning: wandb stopped logging" in (logs / f"train-{job_id}.rank0.log").read_text()
+    assert after == list(range(stopped_at + 1, STEPS + 1))
 
 
 def submit_pipeline(cluster: dict[str, str], *args: str) -> subprocess.CompletedProcess:
