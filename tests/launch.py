@@ -28,15 +28,17 @@ def command(module: str, args: list[str], nproc: int = 1) -> list[str]:
 
 
 def env(**extra: str) -> dict[str, str]:
-    """This environment, without process-group variables, one thread per process, wandb offline;
-    an empty value unsets a variable."""
+    """This environment, without process-group variables, one thread per process, wandb offline
+    and without this process's wandb service (a run started here, as in tests/test_wandb.py,
+    sets WANDB_SERVICE; children would log through it instead of a service of their own, which
+    hides how a job's own service behaves, e.g. on SIGTERM); an empty value unsets a variable."""
     base = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "WANDB_MODE": "offline",
     }
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "WANDB_SERVICE"):
         base.pop(name, None)
     merged = {**base, **extra}
     return {k: v for k, v in merged.items() if v != ""}
