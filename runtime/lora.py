@@ -17,6 +17,8 @@ from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
+from runtime.args import ModelArgs
+
 ADAPTER_CONFIG = "adapter_config.json"
 EXPORT_KINDS = ("merged", "adapter")
 
@@ -76,7 +78,7 @@ def base_name(name_or_path: str) -> str:
 
 
 def load_merged(
-    path: str, dtype: torch.dtype, attn_implementation: str = "sdpa"
+    path: str, dtype: torch.dtype, attn_implementation: str = ModelArgs.attn_implementation
 ) -> PreTrainedModel:
     """The base model named in `path`/adapter_config.json with the adapter merged in."""
     if is_deepspeed_zero3_enabled():

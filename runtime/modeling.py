@@ -15,6 +15,7 @@ from transformers import (
 )
 
 from runtime import lora
+from runtime.args import ModelArgs
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
@@ -28,7 +29,9 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 
 
 def load_pretrained(
-    name_or_path: str, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"
+    name_or_path: str,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = ModelArgs.attn_implementation,
 ) -> PreTrainedModel:
     """A causal LM from a hub name or folder: a full model, or a LoRA adapter merged into its base."""
     if lora.is_adapter(name_or_path):
@@ -44,7 +47,7 @@ def load_model(
     config_file: str | None = None,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
-    attn_implementation: str = "sdpa",
+    attn_implementation: str = ModelArgs.attn_implementation,
 ) -> PreTrainedModel:
     """Pretrained weights from `name_or_path` (safetensors only; a LoRA adapter folder loads
     as its base with the adapter merged in), or a new model initialised from the JSON
