@@ -3,8 +3,10 @@ slurm/ranks.sh, which sets the same variables), or plain `python`."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +34,7 @@ def init() -> tuple[int, int]:
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     _load_shm_op()
     deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+    atexit.register(_destroy)
     _unlink_shm_buffer()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if get_accelerator().device_name() != "cpu":
@@ -60,6 +63,17 @@ def _load_shm_op() -> None:
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
     with exclusive(Path(root, f"{builder.name}.lock")):
         builder.load()
+
+
+def _destroy() -> None:
+    """Destroy the process group at exit, while Python is still whole. Left to the interpreter's
+    teardown, Gloo's worker threads can outlive it and abort the process ("terminate called
+    without an active exception", status -6, which the launcher reports as the job's failure;
+    pytorch/pytorch#190489): a finished run, or one stopped to resume, must exit with its own
+    status. Not after an uncaught exception (the interpreter has set `sys.last_value`): other
+    ranks may still be in a collective with this one, and torchtitan destroys on success only."""
+    if dist.is_initialized() and getattr(sys, "last_value", None) is None:
+        dist.destroy_process_group()
 
 
 def _unlink_shm_buffer() -> None:
