@@ -2,6 +2,7 @@
 (configs/compare_demo.yaml), the same DPO for every start, so that the start is what differs.
 
     python -m bench.compare_dpo [--output_dir bench_runs/compare_dpo] [--seeds 0,1,2]
+                                [--setting 'beta 0.1, lr 1e-5']   # skips step 4
 
 1. The base: data, tokenizer and the SFT model every method starts from (`pipeline`).
 2. The starts: SFT (continued), BASH and RAC from the base with the config's variants (those the
@@ -72,19 +73,9 @@ def last_metrics(run_dir: Path, model: str) -> dict:
     return json.loads(last)
 
 
-@dataclass
-class CompareDPOArgs(CompareArgs):
-    output_dir: str = field(
-        default="bench_runs/compare_dpo", metadata={"help": "folder of every pipeline run"}
-    )
-
-
-def main(argv: list[str] | None = None) -> None:
-    (args,) = parse_config((CompareDPOArgs,), argv)
-    out, seeds = Path(args.output_dir), args.seed_list()
-    base = ["--base_dir", str(out / "base")]
-    pipeline(out / "base", "--methods", "", "--report_split", "validation")
-
+def tune(out: Path, base: list[str]) -> tuple[str, list[str]]:
+    """Every DPO setting on the SFT start (seed 0, validation split); the one whose sft+dpo has
+    the best exact match."""
     print("\n| DPO setting | sft validation exact match | sft+dpo | held-out preference accuracy |")
     print("|---|---:|---:|---:|")
     tuned = []
@@ -100,8 +91,41 @@ def main(argv: list[str] | None = None) -> None:
             f"| {name} | {r['sft']['exact_match']:.3f} | {dpo['exact_match']:.3f} | "
             f"{dpo['preference_accuracy']:.3f} |"
         )
-    _, chosen, options = max(tuned, key=lambda t: t[0])
-    print(f"\nChosen on validation: {chosen}")
+    _, name, options = max(tuned, key=lambda t: t[0])
+    return name, options
+
+
+@dataclass
+class CompareDPOArgs(CompareArgs):
+    output_dir: str = field(
+        default="bench_runs/compare_dpo", metadata={"help": "folder of every pipeline run"}
+    )
+    setting: str = field(
+        default="",
+        metadata={
+            "help": "a DPO setting of SETTINGS (e.g. 'beta 0.1, lr 1e-5', the one chosen on "
+            "validation in bench/RESULTS.md) to use without the validation sweep; empty: sweep"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.setting and self.setting not in dict(SETTINGS):
+            names = ", ".join(repr(name) for name, _ in SETTINGS)
+            raise ValueError(f"setting must be one of {names}, got {self.setting!r}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    (args,) = parse_config((CompareDPOArgs,), argv)
+    out, seeds = Path(args.output_dir), args.seed_list()
+    base = ["--base_dir", str(out / "base")]
+    pipeline(out / "base", "--methods", "", "--report_split", "validation")
+
+    if args.setting:
+        chosen, options = args.setting, dict(SETTINGS)[args.setting]
+    else:
+        chosen, options = tune(out, base)
+    print(f"\nDPO setting: {chosen}")
 
     summary: dict = {"setting": chosen, "seeds": {}}
     for seed in seeds:
