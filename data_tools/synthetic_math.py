@@ -5,13 +5,21 @@ step with GSM8K's calculator annotations (`<<a+b=c>>`) and ends with `#### N`. E
 the previous step's result, so an early slip carries to the end: the exposure bias the project
 studies. Generation is deterministic given the seed and the difficulty knobs.
 
+Length-shifted test splits (`--shifted_steps 6-8 10` writes `test_6to8.jsonl`, `test_10.jsonl`)
+hold longer chains of the same steps. Each step line restates the value it starts from, so a
+longer chain needs no new skill, only staying on track over a longer own context.
+
     python -m data_tools.synthetic_math --output_dir runs/demo/data [--train 20000] [--max_steps 5]
+        [--shifted_steps 6-8 10] [--shifted_size 2000]
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 
 from data_tools.atomic import write_json, write_jsonl
@@ -109,58 +117,132 @@ def make_problem(d: Difficulty, rng: random.Random) -> dict:
     }
 
 
-def make_splits(sizes: dict[str, int], d: Difficulty, seed: int) -> dict[str, list[dict]]:
-    """Draw distinct problems (no question in two splits) and deal them out in order."""
-    rng = random.Random(seed)
-    seen: set[str] = set()
+def _draw(
+    n: int,
+    d: Difficulty,
+    rng: random.Random,
+    seen: set[str],
+    shortest: int = 0,
+    what: str = "problems",
+) -> list[dict]:
+    """`n` problems of at least `shortest` steps whose questions are not in `seen` (which gains
+    them). A chain ends early where no operation keeps the value in range."""
     rows: list[dict] = []
-    total = sum(sizes.values())
     attempts = 0
-    while len(rows) < total:
+    while len(rows) < n:
         attempts += 1
-        if attempts > 50 * total:
+        if attempts > 50 * n:
             raise ValueError(
-                f"only {len(rows)} distinct problems in {attempts} draws: widen the difficulty"
+                f"only {len(rows)} distinct {what} in {attempts} draws: widen the difficulty"
             )
         row = make_problem(d, rng)
-        if row["question"] not in seen:
+        if row["num_steps"] >= shortest and row["question"] not in seen:
             seen.add(row["question"])
             rows.append(row)
-    splits, start = {}, 0
-    for split, n in sizes.items():
-        splits[split] = [
-            {"id": f"synth-{split}-{i:06d}", **r} for i, r in enumerate(rows[start : start + n])
-        ]
-        start += n
-    return splits
+    return rows
 
 
-def write_splits(out_dir: str | Path, sizes: dict[str, int], d: Difficulty, seed: int) -> None:
-    """Write `<split>.jsonl` for each split and `difficulty.json` recording how they were made."""
+def make_splits(
+    sizes: dict[str, int],
+    d: Difficulty,
+    seed: int,
+    shifted: Mapping[str, Difficulty] | None = None,
+) -> dict[str, list[dict]]:
+    """Draw distinct problems (no question in two splits) and deal them out in order.
+
+    A split named in `shifted` (a test of longer chains) is drawn with its own difficulty from
+    its own random stream after the others, so adding it leaves them as they were, and holds
+    only problems that reach its `min_steps`. The other splits keep chains that ended early, as
+    they always have: the same seed must give the same problems."""
+    shifted = shifted or {}
+    if unsized := sorted(set(shifted) - set(sizes)):
+        raise ValueError(f"shifted splits {unsized} have no size")
+    seen: set[str] = set()
+    plain = {split: n for split, n in sizes.items() if split not in shifted}
+    rows = iter(_draw(sum(plain.values()), d, random.Random(seed), seen))
+    drawn = {split: list(islice(rows, n)) for split, n in plain.items()}
+    for split, sd in shifted.items():
+        rng = random.Random(f"{seed}-shifted-{split}")
+        what = f"{split} problems of at least {sd.min_steps} steps"
+        drawn[split] = _draw(sizes[split], sd, rng, seen, sd.min_steps, what)
+    return {
+        split: [{"id": f"synth-{split}-{i:06d}", **r} for i, r in enumerate(drawn[split])]
+        for split in sizes
+    }
+
+
+def write_splits(
+    out_dir: str | Path,
+    sizes: dict[str, int],
+    d: Difficulty,
+    seed: int,
+    shifted: Mapping[str, Difficulty] | None = None,
+) -> None:
+    """Write `<split>.jsonl` for each split and `difficulty.json` recording how they were made
+    (the shifted splits' difficulties under `shifted`, only when there are any)."""
     out_dir = Path(out_dir)
-    for split, rows in make_splits(sizes, d, seed).items():
+    for split, rows in make_splits(sizes, d, seed, shifted).items():
         write_jsonl(out_dir / f"{split}.jsonl", rows)
-    write_json(out_dir / "difficulty.json", {"seed": seed, "sizes": sizes, **asdict(d)})
+    record = {"seed": seed, "sizes": sizes, **asdict(d)}
+    if shifted:
+        record["shifted"] = {split: asdict(sd) for split, sd in shifted.items()}
+    write_json(out_dir / "difficulty.json", record)
+
+
+def step_ranges(specs: list[str]) -> dict[str, tuple[int, int]]:
+    """Name each shifted split by its steps: `6-8` is `test_6to8` with (6, 8), `10` is
+    `test_10` with (10, 10)."""
+    ranges: dict[str, tuple[int, int]] = {}
+    for spec in specs:
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", str(spec))  # str: YAML reads `10` as a number
+        if m is None:
+            raise ValueError(
+                f"shifted_steps: expected a count or range like 10 or 6-8, got {spec!r}"
+            )
+        lo, hi = int(m[1]), int(m[2] or m[1])
+        if not 1 <= lo <= hi:
+            raise ValueError(f"shifted_steps: need 1 <= first <= last, got {spec!r}")
+        name = f"test_{lo}to{hi}" if lo < hi else f"test_{lo}"
+        if name in ranges:
+            raise ValueError(f"shifted_steps: {spec!r} repeats {name}")
+        ranges[name] = (lo, hi)
+    return ranges
 
 
 @dataclass
 class SyntheticMathArgs:
-    output_dir: str = field(metadata={"help": "folder for train/validation/test.jsonl"})
+    output_dir: str = field(
+        metadata={"help": "folder for train/validation/test.jsonl and the shifted splits"}
+    )
     train: int = field(default=20000, metadata={"help": "problems in the train split"})
     validation: int = field(default=500, metadata={"help": "problems in the validation split"})
     test: int = field(default=500, metadata={"help": "problems in the test split"})
     seed: int = field(default=0, metadata={"help": "seeds the drawing of every problem"})
+    shifted_steps: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "step counts of extra length-shifted test splits, each a range or one count:"
+            " `6-8 10` writes test_6to8.jsonl and test_10.jsonl; the other splits do not change"
+        },
+    )
+    shifted_size: int = field(default=2000, metadata={"help": "problems in each shifted split"})
 
     def __post_init__(self) -> None:
-        for split in ("train", "validation", "test"):
+        for split in ("train", "validation", "test", "shifted_size"):
             if getattr(self, split) < 0:
                 raise ValueError(f"{split} must be 0 or more problems, got {getattr(self, split)}")
+        step_ranges(self.shifted_steps)  # refuses a bad range before anything is drawn
 
 
 def main(argv: list[str] | None = None) -> None:
     args, d = parse_config((SyntheticMathArgs, Difficulty), argv)
     sizes = {"train": args.train, "validation": args.validation, "test": args.test}
-    write_splits(args.output_dir, sizes, d, args.seed)
+    shifted = {
+        split: replace(d, min_steps=lo, max_steps=hi)
+        for split, (lo, hi) in step_ranges(args.shifted_steps).items()
+    }
+    sizes |= dict.fromkeys(shifted, args.shifted_size)
+    write_splits(args.output_dir, sizes, d, args.seed, shifted)
     print(f"wrote {sizes} to {args.output_dir}")
 
 

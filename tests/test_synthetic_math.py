@@ -6,6 +6,7 @@ import json
 import operator
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from data_tools.scoring import extract_answer
-from data_tools.synthetic_math import Difficulty, main, make_problem, make_splits
+from data_tools.synthetic_math import Difficulty, main, make_problem, make_splits, step_ranges
 
 OPS = {
     "+": operator.add,
@@ -131,3 +132,131 @@ def test_command_line_writes_the_splits_as_the_library_makes_them(tmp_path: Path
         main(["--output_dir", str(tmp_path), "--min_steps", "4", "--max_steps", "3"])
     with pytest.raises(ValueError, match="train must be 0 or more problems"):
         main(["--output_dir", str(tmp_path), "--train", "-1"])
+
+
+SIZES = {"train": 200, "validation": 30, "test": 30}
+LONG = {"test_6to8": replace(Difficulty(), min_steps=6, max_steps=8)}
+
+
+def questions(splits: dict[str, list[dict]]) -> list[set[str]]:
+    return [{r["question"] for r in rows} for rows in splits.values()]
+
+
+def steps_of(row: dict) -> int:
+    """The steps the answer works through, counted from its calculator annotations."""
+    assert row["answer"].count("<<") == row["num_steps"]
+    return row["num_steps"]
+
+
+def test_shifted_splits_leave_the_others_as_they_were() -> None:
+    shifted = {**LONG, "test_10": replace(Difficulty(), min_steps=10, max_steps=10)}
+    splits = make_splits({**SIZES, "test_6to8": 40, "test_10": 40}, Difficulty(), 5, shifted)
+    assert {k: splits[k] for k in SIZES} == make_splits(SIZES, Difficulty(), 5)
+    assert sum(map(len, questions(splits))) == sum(SIZES.values()) + 80  # disjoint, all of them
+    assert splits["test_10"][0]["id"] == "synth-test_10-000000"
+    assert {steps_of(r) for r in splits["test_6to8"]} == {6, 7, 8}
+    assert {steps_of(r) for r in splits["test_10"]} == {10}
+
+
+def test_shifted_splits_are_deterministic_and_each_its_own_stream() -> None:
+    sizes = {**SIZES, "test_6to8": 40}
+    assert make_splits(sizes, Difficulty(), 1, LONG) == make_splits(sizes, Difficulty(), 1, LONG)
+    assert make_splits(sizes, Difficulty(), 1, LONG) != make_splits(sizes, Difficulty(), 2, LONG)
+    # Another shifted split, or other sizes for the others, do not redraw this one.
+    more = {**LONG, "test_10": replace(Difficulty(), min_steps=10, max_steps=10)}
+    alone = make_splits(sizes, Difficulty(), 1, LONG)["test_6to8"]
+    bigger = {"train": 500, "test_6to8": 40, "test_10": 40}
+    assert make_splits(bigger, Difficulty(), 1, more)["test_6to8"] == alone
+
+
+def test_default_knobs_give_2000_problems_of_6_to_8_and_of_10_steps() -> None:
+    """Long chains stay within max_value 99 without dying out: every value keeps + or - open."""
+    shifted = {**LONG, "test_10": replace(Difficulty(), min_steps=10, max_steps=10)}
+    splits = make_splits({"test_6to8": 2000, "test_10": 2000}, Difficulty(), 0, shifted)
+    for split, rows in splits.items():
+        assert len({r["question"] for r in rows}) == 2000
+        for row in rows:
+            check_problem(row, shifted[split])
+            assert shifted[split].min_steps <= steps_of(row)
+        assert len({r["answer"].rsplit("#### ", 1)[1] for r in rows}) > 90  # not degenerate
+
+
+def test_shifted_problems_that_end_early_are_drawn_again() -> None:
+    # Doubling or tripling from up to 20 passes 99 within a few steps: chains end early.
+    d = Difficulty(min_steps=4, max_steps=6, operations="*")
+    rng = random.Random(0)
+    assert any(make_problem(d, rng)["num_steps"] < 4 for _ in range(100))
+    rows = make_splits({"test_4to6": 50}, d, 0, {"test_4to6": d})["test_4to6"]
+    assert all(steps_of(r) >= 4 for r in rows)
+    with pytest.raises(ValueError, match="test_10 problems of at least 10 steps.*widen"):
+        make_splits({"test_10": 5}, d, 0, {"test_10": replace(d, min_steps=10, max_steps=10)})
+
+
+def test_a_shifted_split_shares_no_question_with_the_others_even_on_the_same_steps() -> None:
+    # 1,920 questions in all: two draws of 300 would share some if nothing kept them apart.
+    d = Difficulty(min_steps=1, max_steps=1, max_start=5, max_operand=3, operations="+")
+    splits = make_splits({"train": 300, "test_1": 300}, d, 0, {"test_1": d})
+    assert sum(map(len, questions(splits))) == 600
+
+
+def test_command_line_writes_shifted_splits_beside_the_others(tmp_path: Path) -> None:
+    """Without the options nothing changes, not even difficulty.json; with them (on the command
+    line or in a YAML config, where `10` is a number) the others' files stay byte for byte."""
+    base = ["--train", "20", "--validation", "5", "--test", "5", "--seed", "4"]
+    main(["--output_dir", str(tmp_path / "plain"), *base])
+    plain = json.loads((tmp_path / "plain" / "difficulty.json").read_text(encoding="utf-8"))
+    assert list(plain) == ["seed", "sizes", *Difficulty.__dataclass_fields__]
+    config = tmp_path / "long.yaml"
+    config.write_text("shifted_steps: [6-8, 10]\nshifted_size: 30\n", encoding="utf-8")
+    sizes = {"train": 20, "validation": 5, "test": 5, "test_6to8": 30, "test_10": 30}
+    shifted = {
+        "test_6to8": replace(Difficulty(), min_steps=6, max_steps=8),
+        "test_10": replace(Difficulty(), min_steps=10, max_steps=10),
+    }
+    expected = make_splits(sizes, Difficulty(), 4, shifted)
+    flags = ["--shifted-steps", "6-8", "10", "--shifted_size", "30"]
+    for out, extra in (("flags", flags), ("yaml", ["--config", str(config)])):
+        main([*extra, "--output_dir", str(tmp_path / out), *base])
+        for split, rows in expected.items():
+            lines = (tmp_path / out / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+            assert [json.loads(line) for line in lines] == rows
+        for split in ("train", "validation", "test"):
+            same = (tmp_path / "plain" / f"{split}.jsonl").read_bytes()
+            assert (tmp_path / out / f"{split}.jsonl").read_bytes() == same
+        recorded = json.loads((tmp_path / out / "difficulty.json").read_text(encoding="utf-8"))
+        assert recorded["sizes"] == sizes
+        assert recorded["shifted"]["test_10"]["min_steps"] == 10
+        assert recorded["shifted"]["test_6to8"] == recorded["shifted"]["test_10"] | {
+            "min_steps": 6,
+            "max_steps": 8,
+        }
+
+
+def test_step_ranges_name_the_splits() -> None:
+    assert step_ranges(["6-8", "10", "3-3"]) == {
+        "test_6to8": (6, 8),
+        "test_10": (10, 10),
+        "test_3": (3, 3),
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--shifted_steps", "6to8"], "expected a count or range like 10 or 6-8, got '6to8'"),
+        (["--shifted_steps", "-3"], "expected a count or range"),
+        (["--shifted_steps", "0-3"], "need 1 <= first <= last, got '0-3'"),
+        (["--shifted_steps", "8-6"], "need 1 <= first <= last, got '8-6'"),
+        (["--shifted_steps", "10", "10-10"], "'10-10' repeats test_10"),
+        (["--shifted_steps", "6-8", "--shifted_size", "-1"], "shifted_size must be 0 or more"),
+    ],
+)
+def test_bad_shifted_options(tmp_path: Path, argv: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        main(["--output_dir", str(tmp_path), *argv])
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_shifted_split_needs_a_size() -> None:
+    with pytest.raises(ValueError, match=r"shifted splits \['test_10'\] have no size"):
+        make_splits({"train": 5}, Difficulty(), 0, {"test_10": Difficulty()})
