@@ -1,6 +1,7 @@
-"""Scoring generations: exact match of the final answer for math, ROUGE for summarization, a
-judge's pairwise win rate against the reference for qa and summarization; every score with a
-bootstrap confidence interval."""
+"""Scoring generations: exact match of the final answer for math, of the symbol sequence (with an
+edit-distance similarity) for postfix, ROUGE for summarization, a judge's pairwise win rate
+against the reference for qa and summarization; every score with a bootstrap confidence
+interval."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ _MARKER = re.compile(
 )
 PICKS = ("last", "first")
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-SCORED_TASKS = ("math", "summarization", "qa")
+SCORED_TASKS = ("math", "summarization", "qa", "postfix")
 JUDGED_TASKS = ("qa", "summarization")
 
 
@@ -86,6 +87,33 @@ def math_exact_match(prediction: str, reference: str) -> bool:
     if expected is None:
         raise ValueError(f"no number in the reference {reference!r}")
     return extract_answer(prediction) == expected
+
+
+def edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
+    """Levenshtein distance between two symbol sequences: insertions, deletions, substitutions."""
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
+def postfix_match(prediction: str, reference: str) -> dict[str, Any]:
+    """`correct`: whether the prediction's symbols, split on whitespace, are the reference's
+    (anything written after the answer counts against it: not stopping is an error too); and
+    `edit_similarity`: 1 - their edit distance / the longer one's length, partial credit that
+    tells a slip from a derailment."""
+    expected = reference.split()
+    if not expected:
+        raise ValueError(f"no symbols in the reference {reference!r}")
+    predicted = prediction.split()
+    distance = edit_distance(predicted, expected)
+    return {
+        "correct": predicted == expected,
+        "edit_similarity": 1 - distance / max(len(predicted), len(expected)),
+    }
 
 
 def _rouge_each(predictions: Sequence[str], references: Sequence[str]) -> list[dict[str, float]]:
@@ -165,10 +193,10 @@ def score_file(
     judged).
 
     Returns {"summary": {...}, "examples": [...]}. The summary has `n` and, each with a 95%
-    bootstrap interval `<score>_ci`: exact_match (math), rouge1/rouge2/rougeL (summarization),
-    win_rate (qa, and summarization when a judge is given). Each example has its id and its own
-    scores. With a `marker` (RAC's), a self-correcting generation is scored on its text after
-    the last marker.
+    bootstrap interval `<score>_ci`: exact_match (math, postfix), edit_similarity (postfix),
+    rouge1/rouge2/rougeL (summarization), win_rate (qa, and summarization when a judge is
+    given). Each example has its id and its own scores. With a `marker` (RAC's), a
+    self-correcting generation is scored on its text after the last marker.
     """
     if task not in SCORED_TASKS:
         raise ValueError(f"no scorer for task {task!r}; scored tasks are {SCORED_TASKS}")
@@ -190,6 +218,12 @@ def score_file(
             e.update(prediction=prediction, answer=expected, correct=prediction == expected)
         summary["correct"] = sum(e["correct"] for e in examples)
         summary.update(_mean_ci("exact_match", [float(e["correct"]) for e in examples]))
+    if task == "postfix":
+        for e, answer, reference in zip(examples, answers, references, strict=True):
+            e.update(postfix_match(answer, reference))
+        summary["correct"] = sum(e["correct"] for e in examples)
+        summary.update(_mean_ci("exact_match", [float(e["correct"]) for e in examples]))
+        summary.update(_mean_ci("edit_similarity", [e["edit_similarity"] for e in examples]))
     if task == "summarization":
         for e, s in zip(examples, _rouge_each(answers, references), strict=True):
             e.update(s)

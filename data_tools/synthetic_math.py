@@ -19,11 +19,13 @@ import random
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
 from data_tools.atomic import write_json, write_jsonl
 from data_tools.config import parse_config
+from data_tools.distinct import draw_distinct
 from data_tools.errors import run_tool
 
 NAMES = ("Tom", "Ana", "Ravi", "Mia", "Leo", "Zoe", "Sam", "Ivy", "Omar", "Lena")
@@ -117,29 +119,11 @@ def make_problem(d: Difficulty, rng: random.Random) -> dict:
     }
 
 
-def _draw(
-    n: int,
-    d: Difficulty,
-    rng: random.Random,
-    seen: set[str],
-    shortest: int = 0,
-    what: str = "problems",
-) -> list[dict]:
-    """`n` problems of at least `shortest` steps whose questions are not in `seen` (which gains
-    them). A chain ends early where no operation keeps the value in range."""
-    rows: list[dict] = []
-    attempts = 0
-    while len(rows) < n:
-        attempts += 1
-        if attempts > 50 * n:
-            raise ValueError(
-                f"only {len(rows)} distinct {what} in {attempts} draws: widen the difficulty"
-            )
-        row = make_problem(d, rng)
-        if row["num_steps"] >= shortest and row["question"] not in seen:
-            seen.add(row["question"])
-            rows.append(row)
-    return rows
+def _long_enough(d: Difficulty, rng: random.Random) -> dict | None:
+    """A problem that reaches `d.min_steps` (a chain ends early where no operation keeps the
+    value in range), or None."""
+    row = make_problem(d, rng)
+    return row if row["num_steps"] >= d.min_steps else None
 
 
 def make_splits(
@@ -159,12 +143,16 @@ def make_splits(
         raise ValueError(f"shifted splits {unsized} have no size")
     seen: set[str] = set()
     plain = {split: n for split, n in sizes.items() if split not in shifted}
-    rows = iter(_draw(sum(plain.values()), d, random.Random(seed), seen))
+    rng = random.Random(seed)
+    rows = iter(draw_distinct(sum(plain.values()), lambda: make_problem(d, rng), seen))
     drawn = {split: list(islice(rows, n)) for split, n in plain.items()}
     for split, sd in shifted.items():
-        rng = random.Random(f"{seed}-shifted-{split}")
-        what = f"{split} problems of at least {sd.min_steps} steps"
-        drawn[split] = _draw(sizes[split], sd, rng, seen, sd.min_steps, what)
+        drawn[split] = draw_distinct(
+            sizes[split],
+            partial(_long_enough, sd, random.Random(f"{seed}-shifted-{split}")),
+            seen,
+            f"{split} problems of at least {sd.min_steps} steps",
+        )
     return {
         split: [{"id": f"synth-{split}-{i:06d}", **r} for i, r in enumerate(drawn[split])]
         for split in sizes
