@@ -153,8 +153,9 @@ def interleave(
     probability `p` (independently per position), and the number of positions chosen.
 
     A chosen position counts as replaced even where the model's token equals the ground truth,
-    so that the count over a batch, divided by its response positions, estimates p. p = 0 gives
-    `e` unchanged (SFT's batch exactly); p = 1 puts every prediction in.
+    so that the count over a batch, divided by its response positions, estimates p
+    (`num_changed` counts the positions that differ). p = 0 gives `e` unchanged (SFT's batch
+    exactly); p = 1 puts every prediction in.
     """
     if not 0 <= p <= 1:
         raise ValueError(f"p must be in [0, 1], got {p}")
@@ -174,6 +175,13 @@ def interleave(
                 input_ids[position] = token
                 replaced += 1
     return Encoded(e.id, input_ids, list(e.labels)), replaced
+
+
+def num_changed(e: Encoded) -> int:
+    """The number of trained positions whose input is not the reference token (the label there):
+    how much of the context interleaving really changed, which is far less than p where the
+    model's tokens mostly equal the reference."""
+    return sum(e.input_ids[i] != e.labels[i] for i in response_positions(e))
 
 
 def align_free_running(e: Encoded, generation_ids: Sequence[int]) -> list[int]:

@@ -11,7 +11,12 @@ from transformers import PreTrainedTokenizerBase
 
 from data_tools.schema import DataError, Example
 from data_tools.tokenization import IGNORE_INDEX, Encoded, encode_examples
-from methods.scheduled_sampling import align_free_running, interleave, response_positions
+from methods.scheduled_sampling import (
+    align_free_running,
+    interleave,
+    num_changed,
+    response_positions,
+)
 
 
 def sft_samples(tokenizer: PreTrainedTokenizerBase, n: int) -> list[Encoded]:
@@ -74,7 +79,23 @@ def test_p1_puts_every_prediction_in(tokenizer: PreTrainedTokenizerBase) -> None
 def test_equal_prediction_still_counts() -> None:
     e = Encoded("a", [2, 10, 20, 21, 3], [IGNORE_INDEX] * 2 + [20, 21, 3])
     out, replaced = interleave(e, [20, 21, 3], p=1.0, seed=0, step=0)
-    assert out == e and replaced == 3
+    assert out == e and replaced == 3 and num_changed(out) == 0
+
+
+def test_changed_counts_only_tokens_that_differ(tokenizer: PreTrainedTokenizerBase) -> None:
+    """0 at p = 0, the predictions' divergence from the reference at p = 1, at most the replaced
+    positions in between: predictions equal to the reference at about half the positions."""
+    rng = random.Random(0)
+    for e in sft_samples(tokenizer, 20):
+        reference = [e.labels[i] for i in response_positions(e)]
+        predictions = [t if rng.random() < 0.5 else t + 1 for t in reference]
+        diverging = sum(a != b for a, b in zip(predictions, reference, strict=True))
+        assert 0 < diverging < len(reference)
+        assert num_changed(interleave(e, predictions, p=0.0, seed=0, step=0)[0]) == 0
+        assert num_changed(interleave(e, predictions, p=1.0, seed=0, step=0)[0]) == diverging
+        for p in (0.2, 0.5, 0.8):
+            out, replaced = interleave(e, predictions, p, seed=0, step=1)
+            assert num_changed(out) == len(changed(out, e)) <= replaced
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])

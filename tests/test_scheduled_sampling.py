@@ -61,6 +61,10 @@ def test_scs_step0_batch_is_bash_batch_from_same_weights(setup: Path) -> None:
     # The same positions replaced by the same tokens give the same loss; SFT's batch differs.
     assert bash["train/replaced_fraction"] == scs["train/replaced_fraction"]
     assert 0.4 < bash["train/replaced_fraction"] < 0.6
+    # A random model's tokens: changed where they differ from the reference, the same in both.
+    assert bash["train/changed_fraction"] == scs["train/changed_fraction"]
+    assert 0 < bash["train/changed_fraction"] <= bash["train/replaced_fraction"]
+    assert "train/changed_fraction" not in sft
     assert scs["train/loss"] == pytest.approx(bash["train/loss"], rel=1e-6)
     assert abs(sft["train/loss"] - bash["train/loss"]) > 1e-3
 

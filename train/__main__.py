@@ -51,6 +51,7 @@ from data_tools.preferences import sequences
 from methods.dpo import PAIR_STATS, pair_metrics, pair_stats
 from methods.scheduled_sampling import (
     interleave,
+    num_changed,
     teacher_forced_predictions,
 )
 from runtime import distributed, lora, plots
@@ -232,8 +233,9 @@ def main() -> None:
         started = time.perf_counter()
         batch_ids = plan.global_indices(step)
         trained_tokens = sum(train_set[i].num_trained for i in batch_ids)
-        # loss, tokens replaced, sequences through a forward pass (SCS: twice), ranks signalled
-        stats = torch.zeros(4, dtype=torch.float64, device=engine.device)
+        # loss, tokens replaced, sequences through a forward pass (SCS: twice), ranks signalled,
+        # tokens changed (replaced by a token other than the reference's)
+        stats = torch.zeros(5, dtype=torch.float64, device=engine.device)
         pairs = torch.zeros(PAIR_STATS, dtype=torch.float64, device=engine.device)  # dpo
         p = schedule.p(step) if schedule else 0.0
         lr = scheduler.get_last_lr()[0]  # the rate this step runs at (the scheduler steps with it)
@@ -258,6 +260,7 @@ def main() -> None:
                     ]
                     batch = [e for e, _ in mixed]
                     stats[1] += sum(n for _, n in mixed)
+                    stats[4] += sum(num_changed(e) for e in batch)
                     stats[2] += len(batch) if args.mode == "scs" else 0
                 stats[2] += len(batch)
                 inputs = (
@@ -290,6 +293,7 @@ def main() -> None:
         if schedule:
             metrics["train/p"] = p
             metrics["train/replaced_fraction"] = stats[1].item() / trained_tokens
+            metrics["train/changed_fraction"] = stats[4].item() / trained_tokens
         if eval_set and (
             (args.eval_every and (step + 1) % args.eval_every == 0) or step + 1 == total_steps
         ):
