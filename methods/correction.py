@@ -1,23 +1,29 @@
-"""RAC (Reference-Answer-based Correction): samples in which the model corrects its own draft.
+"""RAC (Reference-Answer-based Correction): samples in which the model corrects its own draft,
+or keeps it when it is right.
 
-A correction sample is
+A sample with a draft is
 
-    prompt | draft | marker | reference EOS
+    prompt | draft | marker | target EOS
 
-where the draft is the model's own (offline) generation for the prompt, the marker is a fixed
-text (`CORRECTION_MARKER`) and the reference is the dataset's response. The loss is on the
-marker, the reference and the EOS only: never on the prompt, nor on the draft, whose mistakes
-must not be learnt. The model learns to follow a draft of its own with the marker and a correct
-answer; at inference (self-correction) the answer is the text after the last marker
-(`data_tools.scoring.final_answer_text`). Plain SFT samples (prompt | reference EOS) are mixed in so that the model
-still answers directly (`build_rac_samples`).
+where the draft is the model's own (offline) generation for the prompt and the marker a fixed
+text (`CORRECTION_MARKER`). The task's scorer judges the draft (math: its final answer,
+`is_right`), not token equality with the reference: a wrong draft makes a correction (the target
+is the dataset's reference), a right one a keep (the target is the draft again). Whatever follows
+the marker is what inference scores (`data_tools.scoring.final_answer_text`), so a repeated right
+draft keeps its answer under the same scorer; a fixed "keep" text would need the scorer to fall
+back to the draft. Judging by tokens made every draft a correction, since a small model's right
+drafts still differ in wording, and taught the model to always rewrite. The loss is on the marker,
+the target and the EOS only: never on the prompt, nor on the draft, whose mistakes must not be
+learnt. Plain SFT samples (prompt | reference EOS) are mixed in so that the model still answers
+directly (`build_rac_samples`). The "echo" variant, prompt | reference | marker | reference EOS,
+is the control with the samples' shape and no draft.
 
     python -m methods.correction --data train.jsonl --drafts drafts.jsonl \\
         --tokenizer runs/demo/tokenizer --output rac.jsonl --variant first_divergence --mix 0.5
 
-writes rows {"id", "prompt", "response", "draft_ids", "task", "meta"} (draft_ids null for the
-plain samples): `load_examples` reads them as examples, `read_draft_ids` their drafts, and
-`encode_correction` makes the training samples.
+writes rows {"id", "prompt", "response", "draft_ids", "task", "meta"} ("response" the target,
+draft_ids null for the plain samples): `load_examples` reads them as examples, `read_draft_ids`
+their drafts, and `encode_correction` makes the training samples.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ from runtime.generation import eos_ids, generate_batch
 # prompt. Any marker can be used, as long as training and inference use the same one.
 CORRECTION_MARKER = "\nCorrection:\n"
 CUT_VARIANTS = ("whole", "first_divergence", "random")
+VARIANTS = (*CUT_VARIANTS, "echo")
+# What a draft with the right answer makes: a keep sample, a correction, or nothing.
+RIGHT_DRAFTS = ("keep", "correct", "drop")
 
 
 @dataclass
@@ -90,37 +99,39 @@ def encode_correction(
     marker: str = CORRECTION_MARKER,
     report: CorrectionReport | None = None,
 ) -> Encoded:
-    """The training sample prompt | draft | marker | reference EOS, with labels on marker,
-    reference and EOS only.
+    """The training sample prompt | draft | marker | response EOS, with labels on marker,
+    response and EOS only; the response is the target (the reference for a correction or an
+    echo, the draft's text for a keep, see `build_rac_samples`).
 
     `draft_ids` are the model's tokens as generated (a trailing EOS is dropped); marker and
-    reference are tokenized on their own, so they are the same tokens whatever the draft ends
-    with. Without a draft, or with a draft equal to the reference, this is the plain SFT sample,
-    exactly as `encode_examples` makes it; an empty draft gives prompt | marker | reference EOS
-    (`build_rac_samples` leaves such drafts out). Truncation to `max_length` keeps the marker, reference and EOS
-    whole; it first cuts the prompt's text from the left (keeping its template and at least one
-    token of text, as `encode_examples` does), then the draft from its end (keeping its start, where the model
-    went wrong first). A reference that cannot fit even then is a `DataError` on 'response'.
-    `report`, when given, counts what was cut.
+    response are tokenized on their own, so they are the same tokens whatever the draft ends
+    with. Without a draft this is the plain SFT sample, exactly as `encode_examples` makes it; a
+    draft equal to the response is a sample like any other (a keep or an echo); an empty draft
+    gives prompt | marker | response EOS (`build_rac_samples` leaves such drafts out).
+    Truncation to `max_length` keeps the marker, response and EOS whole; it first cuts the
+    prompt's text from the left (keeping its template and at least one token of text, as
+    `encode_examples` does), then the draft from its end (keeping its start, where the model went
+    wrong first). A response that cannot fit even then is a `DataError` on 'response'. `report`,
+    when given, counts what was cut.
     """
     _check_marker(marker)
     eos, frame = tokenizer.eos_token_id, prompt_frame(tokenizer)
     prompt = prompt_ids(tokenizer, [example.prompt])[0]
-    reference = response_ids(tokenizer, [example.response])[0]
-    draft = [] if draft_ids is None else _strip_eos(draft_ids, eos)
-    if draft_ids is None or draft == reference:
+    response = response_ids(tokenizer, [example.response])[0]
+    if draft_ids is None:
         draft, marker_ids = [], []
     else:
+        draft = _strip_eos(draft_ids, eos)
         marker_ids = tokenizer(marker, add_special_tokens=False, split_special_tokens=True)[
             "input_ids"
         ]
-    tail = marker_ids + reference + [eos]
+    tail = marker_ids + response + [eos]
     room = max_length - len(tail)
     if room < frame.min_length:
         raise DataError(
             example.origin or f"example {example.id}",
             "response",
-            f"{len(marker_ids)} marker + {len(reference) + 1} response tokens leave no room for "
+            f"{len(marker_ids)} marker + {len(response) + 1} response tokens leave no room for "
             f"the prompt in max_length={max_length}",
         )
     excess = len(prompt) + len(draft) - room
@@ -138,7 +149,7 @@ def encode_correction(
         report.draft_tokens_cut += draft_cut
     context = prompt + draft
     encoded = Encoded(example.id, context + tail, [IGNORE_INDEX] * len(context) + tail)
-    check_sample(example, encoded, eos, len(reference))
+    check_sample(example, encoded, eos, len(response))
     return encoded
 
 
@@ -214,45 +225,54 @@ def build_rac_samples(
     *,
     variant: str = "whole",
     mix: float = 0.25,
-    only_wrong: bool = False,
+    right_drafts: str = "keep",
     seed: int = 0,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """RAC training rows from the examples and the model's drafts (example id -> token id lists,
     several per example allowed), and a report of counts.
 
-    Each draft (its EOS dropped) becomes one correction sample, cut by `variant`, unless it is
-    empty, equal to the reference (nothing to correct), or, with `only_wrong`, has the right
-    final answer (math only: `math_exact_match` on its text; other tasks have no right answer to
-    check, so `only_wrong` is refused for them). For math, the report counts right and wrong
-    among the drafts neither empty nor equal to the reference.
+    Each non-empty draft (its EOS dropped) is judged by the task's scorer (math: `is_right`). A
+    wrong one makes a correction sample: the draft cut by `variant`, then the reference. A right
+    one, by `right_drafts`: "keep", a keep sample (the whole draft, then its own text again,
+    whatever the cut variant: inference shows the whole draft and scores what follows the
+    marker); "correct", a correction like a wrong draft's; "drop", nothing. A draft equal to the
+    reference is right: a keep sample under "keep", nothing otherwise (nothing to correct). Tasks
+    without a right answer (qa, summarization) take "correct" only: every draft that differs from
+    the reference is a correction. Variant "echo" turns every sample the drafts make into
+    prompt | reference | marker | reference EOS, so that the rows match the draft arm's in
+    number, examples and shape, with no draft in them. The report counts the drafts (empty,
+    equal to the reference, right and wrong: None when the task has no scorer) and the rows by
+    kind (keep, correct, echo, plain).
 
-    `mix` is the fraction of the rows that are correction samples: every kept correction sample
-    is used, and round(kept * (1 - mix) / mix) plain SFT samples (draft_ids null) are added,
-    taken from all `examples` in a seeded order; an example repeats only once every example has
-    been taken (several drafts per example can need more plain samples than there are
-    examples). mix = 1 adds none.
+    `mix` is the fraction of the rows that have a draft: every such sample is used, and
+    round(samples * (1 - mix) / mix) plain SFT samples (draft_ids null) are added, taken from all
+    `examples` in a seeded order; an example repeats only once every example has been taken
+    (several drafts per example can need more plain samples than there are examples). mix = 1
+    adds none.
 
-    Ids are "<id>#rac<k>" (the k-th draft of the example, counted before filtering) and
-    "<id>#sft<r>" (its r-th plain copy); rows come in the order of `examples`, corrections
-    first. Everything random (the "random" cut, the plain samples' order) is a function of
-    `seed` and the ids, so the same inputs give the same rows.
+    Ids are "<id>#rac<k>" (the k-th draft of the example, counted before filtering; meta.sample
+    says its kind) and "<id>#sft<r>" (its r-th plain copy); rows come in the order of `examples`,
+    samples with a draft first. Everything random (the "random" cut, the plain samples' order)
+    is a function of `seed` and the ids, so the same inputs give the same rows.
     """
-    if variant not in CUT_VARIANTS:
-        raise ValueError(f"cut variant must be one of {CUT_VARIANTS}, got {variant!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if right_drafts not in RIGHT_DRAFTS:
+        raise ValueError(f"right_drafts must be one of {RIGHT_DRAFTS}, got {right_drafts!r}")
     if not examples:
         raise ValueError("no examples to build RAC samples from")
     if not 0 < mix <= 1:
-        raise ValueError(f"mix (the fraction of correction samples) must be in (0, 1], got {mix}")
+        raise ValueError(f"mix (the fraction of samples with a draft) must be in (0, 1], got {mix}")
     tasks = sorted({e.task for e in examples})
-    if only_wrong and tasks != ["math"]:
+    scored = tasks == ["math"]
+    if right_drafts != "correct" and not scored:
         raise ValueError(
-            f"only_wrong keeps drafts whose final answer is wrong, which can be checked for task "
-            f"'math' only; the examples have task(s) {tasks}"
+            f"right_drafts={right_drafts!r} needs drafts judged right or wrong, which task 'math' "
+            f"only can be; the examples have task(s) {tasks}: use right_drafts='correct'"
         )
     unknown = sorted(set(drafts) - {e.id for e in examples})
     if unknown:
         raise ValueError(f"drafts for {len(unknown)} ids not in the examples: {unknown[:5]}")
-    scored = tasks == ["math"]
     report: dict[str, Any] = {
         "examples": len(examples),
         "drafts": 0,
@@ -260,11 +280,13 @@ def build_rac_samples(
         "equal_to_reference": 0,
         "right": 0 if scored else None,
         "wrong": 0 if scored else None,
-        "kept": 0,
+        "keep": 0,
+        "correct": 0,
+        "echo": 0,
         "plain": 0,
         "rows": 0,
     }
-    corrections: dict[str, list[dict[str, Any]]] = {e.id: [] for e in examples}
+    samples: dict[str, list[dict[str, Any]]] = {e.id: [] for e in examples}
     references = response_ids(tokenizer, [e.response for e in examples])
     for example, reference in zip(examples, references, strict=True):
         for k, draft_ids in enumerate(drafts.get(example.id, [])):
@@ -273,39 +295,55 @@ def build_rac_samples(
             if not draft:
                 report["empty"] += 1
                 continue
-            if draft == reference:
-                report["equal_to_reference"] += 1
-                continue
+            equal = draft == reference
+            report["equal_to_reference"] += equal
+            text = tokenizer.decode(draft, skip_special_tokens=True)
+            right = scored and is_right(text, example)
             if scored:
-                right = is_right(tokenizer.decode(draft, skip_special_tokens=True), example)
                 report["right" if right else "wrong"] += 1
-                if only_wrong and right:
-                    continue
-            rng = random.Random(_hash_int(seed, example.id, k))
-            corrections[example.id].append(
-                _row(example, f"#rac{k}", cut_draft(draft, reference, variant, rng), {"draft": k})
+            keep = right and right_drafts == "keep"
+            if (right and right_drafts == "drop") or (equal and not keep):
+                continue
+            if variant == "echo":
+                kind, shown, target = "echo", reference, example.response
+            elif keep:
+                kind, shown, target = "keep", draft, text
+            else:
+                rng = random.Random(_hash_int(seed, example.id, k))
+                kind, target = "correct", example.response
+                shown = cut_draft(draft, reference, variant, rng)
+            report[kind] += 1
+            samples[example.id].append(
+                _row(example, f"#rac{k}", target, shown, {"draft": k, "sample": kind})
             )
-    kept = sum(map(len, corrections.values()))
-    n_plain = round(kept * (1 - mix) / mix)
+    n_samples = sum(map(len, samples.values()))
+    n_plain = round(n_samples * (1 - mix) / mix)
     order = sorted(examples, key=lambda e: _hash_int(seed, "plain", e.id))
     copies = {e.id: 0 for e in examples}
     for i in range(n_plain):
         copies[order[i % len(order)].id] += 1
     rows = []
     for example in examples:
-        rows += corrections[example.id]
-        rows += [_row(example, f"#sft{r}", None, {}) for r in range(copies[example.id])]
-    report.update(kept=kept, plain=n_plain, rows=len(rows))
+        rows += samples[example.id]
+        rows += [
+            _row(example, f"#sft{r}", example.response, None, {})
+            for r in range(copies[example.id])
+        ]
+    report.update(plain=n_plain, rows=len(rows))
     return rows, report
 
 
 def _row(
-    example: Example, suffix: str, draft_ids: list[int] | None, meta: dict[str, Any]
+    example: Example,
+    suffix: str,
+    response: str,
+    draft_ids: list[int] | None,
+    meta: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "id": example.id + suffix,
         "prompt": example.prompt,
-        "response": example.response,
+        "response": response,
         "draft_ids": draft_ids,
         "task": example.task,
         "meta": {**example.meta, "source_id": example.id, **meta},
@@ -374,9 +412,18 @@ class CorrectionArgs:
     limit: int | None = field(
         default=None, metadata={"help": "use only the first N examples of the data"}
     )
-    variant: str = field(default="whole", metadata={"help": ", ".join(CUT_VARIANTS)})
-    mix: float = field(default=0.25, metadata={"help": "fraction of correction samples"})
-    only_wrong: bool = field(default=False, metadata={"help": "keep drafts with a wrong answer"})
+    variant: str = field(
+        default="whole",
+        metadata={"help": ", ".join(VARIANTS) + " (echo: reference, marker, reference; a control)"},
+    )
+    mix: float = field(default=0.25, metadata={"help": "fraction of the samples with a draft"})
+    right_drafts: str = field(
+        default="keep",
+        metadata={
+            "help": "what a draft with the right answer (math) makes: keep (marker, the draft "
+            "again), correct (marker, the reference) or drop (nothing); other tasks: correct"
+        },
+    )
     seed: int = 0
     max_length: int = field(
         default=DataArgs.max_length,
@@ -391,9 +438,11 @@ class CorrectionArgs:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        if self.variant not in CUT_VARIANTS:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.right_drafts not in RIGHT_DRAFTS:
             raise ValueError(
-                f"variant must be one of {', '.join(CUT_VARIANTS)}, got {self.variant!r}"
+                f"right_drafts must be one of {', '.join(RIGHT_DRAFTS)}, got {self.right_drafts!r}"
             )
 
 
@@ -409,11 +458,11 @@ def main(argv: list[str] | None = None) -> None:
         drafts,
         variant=args.variant,
         mix=args.mix,
-        only_wrong=args.only_wrong,
+        right_drafts=args.right_drafts,
         seed=args.seed,
     )
     if not rows:
-        raise DataError(args.drafts, None, f"no correction samples to write: {json.dumps(report)}")
+        raise DataError(args.drafts, None, f"no samples with a draft: {json.dumps(report)}")
     truncation = CorrectionReport()
     by_id = {e.id: e for e in examples}
     for row in rows:

@@ -101,7 +101,7 @@ class PipelineArgs:
     )
     rac_variant: str = CorrectionArgs.variant
     rac_mix: float = CorrectionArgs.mix
-    rac_only_wrong: bool = CorrectionArgs.only_wrong
+    rac_right_drafts: str = CorrectionArgs.right_drafts
     # DPO after methods: one set of preference pairs from the SFT base's samples, then per method
     # its model as the reference and the start of the same DPO budget (a row "<method>+dpo").
     dpo_after: str = field(

@@ -248,8 +248,8 @@ def rac_stages(b: Builder) -> Path:
         ["--data", str(b.splits["train"]), "--limit", n, "--drafts", str(drafts)]
         + ["--tokenizer", str(b.sft), "--output", str(samples)]
         + ["--variant", a.rac_variant, "--mix", str(a.rac_mix)]
-        + ["--seed", str(a.seed), "--max_length", str(a.max_length)]
-        + (["--only_wrong", "true"] if a.rac_only_wrong else []),
+        + ["--right_drafts", a.rac_right_drafts]
+        + ["--seed", str(a.seed), "--max_length", str(a.max_length)],
         samples,
     )
     return b.method_train(

@@ -61,12 +61,21 @@ def test_loss_on_marker_and_reference_only(tokenizer: PreTrainedTokenizerBase, m
     assert final_answer_text(text, marker).strip() == REFERENCE
 
 
-def test_plain_when_no_draft_or_draft_is_the_reference(tokenizer: PreTrainedTokenizerBase) -> None:
+def test_plain_without_a_draft_and_echo_with_the_reference_as_draft(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """No draft: the SFT sample. The reference as the draft (an echo, or a keep of a draft equal
+    to it) is a sample like any other: prompt | reference | marker | reference EOS."""
     e = example()
     plain = sft(tokenizer, e, 40)
+    assert encode_correction(tokenizer, e, None, 40) == plain
     reference = ids(tokenizer, REFERENCE)
-    for draft in (None, reference, reference + [tokenizer.eos_token_id]):
-        assert encode_correction(tokenizer, e, draft, 40) == plain
+    prompt = plain.input_ids[: -len(reference) - 1]
+    tail = ids(tokenizer, CORRECTION_MARKER) + reference + [tokenizer.eos_token_id]
+    for draft in (reference, reference + [tokenizer.eos_token_id]):
+        out = encode_correction(tokenizer, e, draft, 256)
+        assert out.input_ids == prompt + reference + tail
+        assert out.labels == [IGNORE_INDEX] * (len(prompt) + len(reference)) + tail
 
 
 def test_truncation_cuts_the_prompt_then_the_draft(tokenizer: PreTrainedTokenizerBase) -> None:
@@ -124,7 +133,6 @@ def test_truncation_policy_property(
     whole and trained, the prompt is BOS + a suffix, and the draft loses its end only once the
     prompt is down to BOS and one token. `room` is what max_length leaves beside the tail."""
     reference = ids(tokenizer, response)
-    assume(draft != reference)
     e = Example("p", prompt, response, "math", "data.jsonl:1")
     marker = (
         tokenizer(CORRECTION_MARKER, add_special_tokens=False)["input_ids"]
