@@ -61,7 +61,7 @@ VARIANTS = [
     ("rac first_divergence mix0.5", "rac", _rac("first_divergence", "0.5")),
     ("rac whole mix0.5", "rac", _rac("whole", "0.5")),
     ("rac whole mix0.25", "rac", _rac("whole", "0.25")),
-    ("rac whole only_wrong", "rac", _rac("whole", "0.5", "--rac_only_wrong", "true")),
+    ("rac whole only_wrong", "rac", _rac("whole", "0.5", "--rac_right_drafts", "drop")),
 ]
 
 

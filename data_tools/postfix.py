@@ -196,7 +196,7 @@ class PostfixArgs:
     )
     train: int = field(default=20000, metadata={"help": "problems in the train split"})
     validation: int = field(default=500, metadata={"help": "problems in the validation split"})
-    test: int = field(default=2000, metadata={"help": "problems in the test split"})
+    test: int = field(default=500, metadata={"help": "problems in the test split"})
     test_long: int = field(
         default=2000, metadata={"help": "problems in the test_long split (more operators)"}
     )

@@ -181,6 +181,25 @@ def final_answer_text(text: str, marker: str) -> str:
     return text.rpartition(marker)[2]
 
 
+def _passes(
+    task: str, examples: list[dict[str, Any]], drafts: list[str], references: list[str], pick: str
+) -> dict[str, Any]:
+    """Self-correction's first pass scored as the final answers are (see `score_file`)."""
+    for e, draft, reference in zip(examples, drafts, references, strict=True):
+        if task == "math":
+            e["first_pass_correct"] = extract_answer(draft, pick) == extract_answer(reference)
+        else:
+            e["first_pass_correct"] = postfix_match(draft, reference)["correct"]
+    first = [e["first_pass_correct"] for e in examples]
+    pairs = [(e["first_pass_correct"], e["correct"]) for e in examples]
+    return {
+        "first_pass_correct": sum(first),
+        **_mean_ci("first_pass_exact_match", [float(x) for x in first]),
+        "right_to_wrong": sum(a and not b for a, b in pairs),
+        "wrong_to_right": sum(b and not a for a, b in pairs),
+    }
+
+
 def score_file(
     path: str | Path,
     task: str,
@@ -196,7 +215,12 @@ def score_file(
     bootstrap interval `<score>_ci`: exact_match (math, postfix), edit_similarity (postfix),
     rouge1/rouge2/rougeL (summarization), win_rate (qa, and summarization when a judge is
     given). Each example has its id and its own scores. With a `marker` (RAC's), a
-    self-correcting generation is scored on its text after the last marker.
+    self-correcting generation is scored on its text after the last marker; for math and postfix,
+    when any generation has the marker, its draft (the text before the first) is scored too:
+    each example's `first_pass_correct`, and in the summary first_pass_correct (a count),
+    first_pass_exact_match with its interval, and the flips from draft to final answer,
+    right_to_wrong and wrong_to_right, which tell repairs from breakages. A generation without
+    the marker is both passes.
     """
     if task not in SCORED_TASKS:
         raise ValueError(f"no scorer for task {task!r}; scored tasks are {SCORED_TASKS}")
@@ -216,14 +240,16 @@ def score_file(
         for e, answer, reference in zip(examples, answers, references, strict=True):
             prediction, expected = extract_answer(answer, pick), extract_answer(reference)
             e.update(prediction=prediction, answer=expected, correct=prediction == expected)
-        summary["correct"] = sum(e["correct"] for e in examples)
-        summary.update(_mean_ci("exact_match", [float(e["correct"]) for e in examples]))
     if task == "postfix":
         for e, answer, reference in zip(examples, answers, references, strict=True):
             e.update(postfix_match(answer, reference))
+        summary.update(_mean_ci("edit_similarity", [e["edit_similarity"] for e in examples]))
+    if task in ("math", "postfix"):
         summary["correct"] = sum(e["correct"] for e in examples)
         summary.update(_mean_ci("exact_match", [float(e["correct"]) for e in examples]))
-        summary.update(_mean_ci("edit_similarity", [e["edit_similarity"] for e in examples]))
+        if marker and any(marker in r["generation"] for r in rows):
+            drafts = [r["generation"].partition(marker)[0] for r in rows]
+            summary.update(_passes(task, examples, drafts, references, pick))
     if task == "summarization":
         for e, s in zip(examples, _rouge_each(answers, references), strict=True):
             e.update(s)

@@ -10,6 +10,11 @@ with a 95% bootstrap interval. `--judge MODEL` (a local folder or a hub name; --
 suggested one, `generate.judge.DEFAULT_JUDGE`) adds a pairwise win rate against the reference,
 judged by that local causal LM (qa needs it); see generate/judge.py and docs/evaluation.md.
 
+A self-correcting generation (RAC's draft, marker, second answer) is scored on its text after the
+last marker; for math and postfix the summary adds the first pass's score (the draft, before the
+first marker) and the flips between the passes, right to wrong and wrong to right: whether the
+second pass repairs drafts or breaks them (`data_tools.scoring.score_file`).
+
 With --wandb_project, a wandb run (job type "score") gets the scores and their intervals as
 summary metrics, a table of the first --wandb_samples examples (prompt, reference, generation,
 their scores) and the generations, summary and per-example results as an artifact.
@@ -44,6 +49,13 @@ def format_summary(summary: dict) -> str:
     lines = []
     if "exact_match" in summary:
         lines.append(_line(summary, "exact_match") + f" ({summary['correct']}/{summary['n']})")
+    if "first_pass_exact_match" in summary:
+        lines.append(
+            _line(summary, "first_pass_exact_match")
+            + f" ({summary['first_pass_correct']}/{summary['n']}; exact_match is the second "
+            f"pass's), flips: {summary['right_to_wrong']} right->wrong, "
+            f"{summary['wrong_to_right']} wrong->right"
+        )
     lines += [_line(summary, k) for k in ROUGE_TYPES if k in summary]
     if "win_rate" in summary:
         counts = f"{summary['wins']} wins, {summary['ties']} ties, {summary['losses']} losses"

@@ -6,17 +6,16 @@ A sample with a draft is
     prompt | draft | marker | target EOS
 
 where the draft is the model's own (offline) generation for the prompt and the marker a fixed
-text (`CORRECTION_MARKER`). The task's scorer judges the draft (math: its final answer,
-`is_right`), not token equality with the reference: a wrong draft makes a correction (the target
-is the dataset's reference), a right one a keep (the target is the draft again). Whatever follows
-the marker is what inference scores (`data_tools.scoring.final_answer_text`), so a repeated right
-draft keeps its answer under the same scorer; a fixed "keep" text would need the scorer to fall
-back to the draft. Judging by tokens made every draft a correction, since a small model's right
-drafts still differ in wording, and taught the model to always rewrite. The loss is on the marker,
-the target and the EOS only: never on the prompt, nor on the draft, whose mistakes must not be
-learnt. Plain SFT samples (prompt | reference EOS) are mixed in so that the model still answers
-directly (`build_rac_samples`). The "echo" variant, prompt | reference | marker | reference EOS,
-is the control with the samples' shape and no draft.
+text (`CORRECTION_MARKER`). The task's scorer, not token equality, judges the draft (math: its
+final answer, `is_right`): a wrong one makes a correction (the target is the reference), a right
+one a keep (the target is the draft again). Token equality made every draft of a small model a
+correction (right answers in other words too) and taught it to always rewrite.
+Why the draft again and not a fixed "keep" text: inference scores what follows the marker
+(`data_tools.scoring.final_answer_text`), so a repeated right draft stays right, scorer unchanged.
+The loss is on the marker, the target and the EOS only: never on the prompt, nor on the draft,
+whose mistakes must not be learnt. Plain SFT samples (prompt | reference EOS) are mixed in so that
+the model still answers directly (`build_rac_samples`). The "echo" variant, prompt | reference |
+marker | reference EOS, is the control: the samples' shape without a draft.
 
     python -m methods.correction --data train.jsonl --drafts drafts.jsonl \\
         --tokenizer runs/demo/tokenizer --output rac.jsonl --variant first_divergence --mix 0.5
@@ -32,7 +31,7 @@ import hashlib
 import json
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +55,8 @@ from data_tools.tokenization import (
 from runtime.args import DataArgs
 from runtime.generation import eos_ids, generate_batch
 
-# RAC's marker between the model's draft and the reference. It ends with a newline, like the plain
-# template, so that the reference after it starts a line exactly as a response does after a
+# RAC's marker between the model's draft and the target. It ends with a newline, like the plain
+# template, so that the target after it starts a line exactly as a response does after a
 # prompt. Any marker can be used, as long as training and inference use the same one.
 CORRECTION_MARKER = "\nCorrection:\n"
 CUT_VARIANTS = ("whole", "first_divergence", "random")
@@ -326,8 +325,7 @@ def build_rac_samples(
     for example in examples:
         rows += samples[example.id]
         rows += [
-            _row(example, f"#sft{r}", example.response, None, {})
-            for r in range(copies[example.id])
+            _row(example, f"#sft{r}", example.response, None, {}) for r in range(copies[example.id])
         ]
     report.update(plain=n_plain, rows=len(rows))
     return rows, report
@@ -466,7 +464,8 @@ def main(argv: list[str] | None = None) -> None:
     truncation = CorrectionReport()
     by_id = {e.id: e for e in examples}
     for row in rows:
-        example = by_id[row["meta"]["source_id"]]
+        # the row's target (a keep's is its draft), errors named by the data's line
+        example = replace(by_id[row["meta"]["source_id"]], response=row["response"])
         encode_correction(
             tokenizer, example, row["draft_ids"], args.max_length, args.marker, truncation
         )

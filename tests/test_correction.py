@@ -9,12 +9,12 @@ import random
 from pathlib import Path
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import PreTrainedTokenizerBase
 
 from data_tools.schema import DataError, Example
-from data_tools.scoring import final_answer_text
+from data_tools.scoring import final_answer_text, math_exact_match
 from data_tools.sources import load_examples
 from data_tools.tokenization import IGNORE_INDEX, Encoded, check_sample, encode_examples
 from methods.correction import (
@@ -70,7 +70,7 @@ def test_plain_without_a_draft_and_echo_with_the_reference_as_draft(
     plain = sft(tokenizer, e, 40)
     assert encode_correction(tokenizer, e, None, 40) == plain
     reference = ids(tokenizer, REFERENCE)
-    prompt = plain.input_ids[: -len(reference) - 1]
+    prompt = sft(tokenizer, e).input_ids[: -len(reference) - 1]
     tail = ids(tokenizer, CORRECTION_MARKER) + reference + [tokenizer.eos_token_id]
     for draft in (reference, reference + [tokenizer.eos_token_id]):
         out = encode_correction(tokenizer, e, draft, 256)
@@ -185,10 +185,13 @@ def test_cut_variants() -> None:
         cut_draft(draft, reference, "longest", rng)
 
 
+WRONG = "Tom now has 5*3 = <<5*3=15>>15 apples.\n#### 15"
+RIGHT = "Tom has 5 + 3 = 8 coins.\n#### 8"  # the right answer, worded otherwise (a noun too)
+
+
 def drafts_for(tokenizer: PreTrainedTokenizerBase) -> dict[str, list[list[int]]]:
     eos = tokenizer.eos_token_id
-    wrong = ids(tokenizer, "Tom now has 5*3 = <<5*3=15>>15 apples.\n#### 15") + [eos]
-    right = ids(tokenizer, "Tom has 5 + 3 = 8 apples.\n#### 8") + [eos]
+    wrong, right = ids(tokenizer, WRONG) + [eos], ids(tokenizer, RIGHT) + [eos]
     return {
         "ex0": [wrong, right, ids(tokenizer, REFERENCE) + [eos], [eos]],
         "ex1": [wrong],
@@ -196,19 +199,30 @@ def drafts_for(tokenizer: PreTrainedTokenizerBase) -> dict[str, list[list[int]]]
     }
 
 
+def samples(rows: list[dict]) -> list[tuple[str, str]]:
+    return [(r["id"], r["meta"]["sample"]) for r in rows if r["draft_ids"] is not None]
+
+
 def test_build_counts_and_rows(tokenizer: PreTrainedTokenizerBase) -> None:
     examples = [example(i) for i in range(4)]
     rows, report = build_rac_samples(
-        tokenizer, examples, drafts_for(tokenizer), variant="first_divergence", mix=0.5
+        tokenizer,
+        examples,
+        drafts_for(tokenizer),
+        variant="first_divergence",
+        mix=0.5,
+        right_drafts="correct",
     )
     assert report == {
         "examples": 4,
         "drafts": 7,
         "empty": 1,
         "equal_to_reference": 1,
-        "right": 2,
+        "right": 3,
         "wrong": 3,
-        "kept": 5,
+        "keep": 0,
+        "correct": 5,
+        "echo": 0,
         "plain": 5,
         "rows": 10,
     }
@@ -224,10 +238,10 @@ def test_build_counts_and_rows(tokenizer: PreTrainedTokenizerBase) -> None:
     plain = {r["id"] for r in rows if r["draft_ids"] is None}
     assert len(plain) == 5 and {f"ex{i}#sft0" for i in range(4)} < plain
     assert len([i for i in plain if i.endswith("#sft1")]) == 1
+    assert all(r["response"] == REFERENCE for r in rows)
     first = rows[0]
-    assert first["prompt"] == QUESTION and first["response"] == REFERENCE
-    assert first["task"] == "math"
-    assert first["meta"] == {"num_steps": 1, "source_id": "ex0", "draft": 0}
+    assert first["prompt"] == QUESTION and first["task"] == "math"
+    assert first["meta"] == {"num_steps": 1, "source_id": "ex0", "draft": 0, "sample": "correct"}
     # first_divergence: the wrong draft up to its first differing token, EOS dropped.
     wrong = drafts_for(tokenizer)["ex0"][0]
     assert first["draft_ids"] == cut_draft(
@@ -236,25 +250,107 @@ def test_build_counts_and_rows(tokenizer: PreTrainedTokenizerBase) -> None:
     assert len(first["draft_ids"]) < len(wrong) - 1
 
 
-def test_build_only_wrong_and_mix(tokenizer: PreTrainedTokenizerBase) -> None:
+def test_keep_or_correct_follows_the_scorer(tokenizer: PreTrainedTokenizerBase) -> None:
+    """A right answer in other words (another noun) is kept, not corrected: the sample repeats
+    the whole draft after the marker, whatever the cut, so the text that inference scores is
+    still right. A wrong answer is corrected. The reference itself is right: kept too."""
     examples = [example(i) for i in range(3)]
     drafts = drafts_for(tokenizer)
-    rows, report = build_rac_samples(tokenizer, examples, drafts, only_wrong=True, mix=1.0)
-    assert [r["id"] for r in rows] == ["ex0#rac0", "ex1#rac0", "ex2#rac1"]
-    assert (report["kept"], report["plain"]) == (3, 0)
+    rows, report = build_rac_samples(
+        tokenizer, examples, drafts, variant="first_divergence", mix=1.0
+    )
+    assert samples(rows) == [
+        ("ex0#rac0", "correct"),
+        ("ex0#rac1", "keep"),
+        ("ex0#rac2", "keep"),
+        ("ex1#rac0", "correct"),
+        ("ex2#rac0", "keep"),
+        ("ex2#rac1", "correct"),
+    ]
+    assert (report["keep"], report["correct"], report["right"], report["wrong"]) == (3, 3, 3, 3)
+    by_id = {r["id"]: r for r in rows}
+    keep, equal, correct = by_id["ex0#rac1"], by_id["ex0#rac2"], by_id["ex0#rac0"]
+    assert keep["draft_ids"] == drafts["ex0"][1][:-1] and keep["response"] == RIGHT
+    assert equal["draft_ids"] == ids(tokenizer, REFERENCE) and equal["response"] == REFERENCE
+    assert correct["response"] == REFERENCE and len(correct["draft_ids"]) < len(
+        ids(tokenizer, WRONG)
+    )
 
+    (loaded,) = [e for e in load_rows(rows) if e.id == "ex0#rac1"]
+    out = encode_correction(tokenizer, loaded, keep["draft_ids"], 256)
+    marker = ids(tokenizer, CORRECTION_MARKER)
+    tail = marker + ids(tokenizer, RIGHT) + [tokenizer.eos_token_id]
+    assert out.input_ids[-len(tail) - len(keep["draft_ids"]) :] == keep["draft_ids"] + tail
+    assert out.labels[-len(tail) :] == tail
+    generation = tokenizer.decode(out.input_ids[-len(tail) - len(keep["draft_ids"]) :])
+    assert math_exact_match(final_answer_text(generation, CORRECTION_MARKER), REFERENCE)
+
+    # drop: right drafts make nothing; correct: right ones are corrected, the reference skipped.
+    rows, report = build_rac_samples(tokenizer, examples, drafts, right_drafts="drop", mix=1.0)
+    assert samples(rows) == [
+        ("ex0#rac0", "correct"),
+        ("ex1#rac0", "correct"),
+        ("ex2#rac1", "correct"),
+    ]
+    assert (report["keep"], report["correct"], report["plain"]) == (0, 3, 0)
+    rows, _ = build_rac_samples(tokenizer, examples, drafts, right_drafts="correct", mix=1.0)
+    assert [i for i, _ in samples(rows)] == [
+        "ex0#rac0",
+        "ex0#rac1",
+        "ex1#rac0",
+        "ex2#rac0",
+        "ex2#rac1",
+    ]
+
+
+def load_rows(rows: list[dict]) -> list[Example]:
+    return [Example(r["id"], r["prompt"], r["response"], r["task"], meta=r["meta"]) for r in rows]
+
+
+def test_echo_matches_the_draft_samples_with_the_reference(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """Echo: the rows the drafts would make, same ids and number, each prompt | reference |
+    marker | reference EOS; the plain samples are the same."""
+    examples = [example(i) for i in range(3)]
+    drafts = drafts_for(tokenizer)
+    for right_drafts in ("keep", "drop"):
+        arm, _ = build_rac_samples(tokenizer, examples, drafts, right_drafts=right_drafts)
+        echo, report = build_rac_samples(
+            tokenizer, examples, drafts, variant="echo", right_drafts=right_drafts
+        )
+        assert [r["id"] for r in echo] == [r["id"] for r in arm]
+        assert report["echo"] == len(samples(arm)) and report["keep"] == report["correct"] == 0
+        assert [r for r in echo if r["draft_ids"] is None] == [
+            r for r in arm if r["draft_ids"] is None
+        ]
+        for row in echo:
+            if row["draft_ids"] is not None:
+                assert row["meta"]["sample"] == "echo"
+                assert (row["draft_ids"], row["response"]) == (ids(tokenizer, REFERENCE), REFERENCE)
+
+
+def test_build_mix_and_refusals(tokenizer: PreTrainedTokenizerBase) -> None:
+    examples = [example(i) for i in range(3)]
+    drafts = drafts_for(tokenizer)
     # 3 corrections at mix 0.25 need 9 plain samples: each of the 3 examples three times.
-    rows, report = build_rac_samples(tokenizer, examples, drafts, only_wrong=True, mix=0.25)
+    rows, report = build_rac_samples(tokenizer, examples, drafts, right_drafts="drop", mix=0.25)
     plain = [r["id"] for r in rows if r["draft_ids"] is None]
     assert report["plain"] == 9 and len(rows) == 12
     assert sorted(plain) == sorted(f"ex{i}#sft{r}" for i in range(3) for r in range(3))
 
-    with pytest.raises(ValueError, match="only_wrong.*'math' only"):
-        build_rac_samples(tokenizer, [example(0, "qa")], {}, only_wrong=True)
-    rows, report = build_rac_samples(tokenizer, [example(0, "qa")], {"ex0": drafts["ex1"]})
-    assert report["right"] is None and report["kept"] == 1
+    # A task without a scorer: every draft that differs from the reference is corrected.
+    for right_drafts in ("keep", "drop"):
+        with pytest.raises(ValueError, match=f"right_drafts='{right_drafts}'.*'math' only"):
+            build_rac_samples(tokenizer, [example(0, "qa")], {}, right_drafts=right_drafts)
+    rows, report = build_rac_samples(
+        tokenizer, [example(0, "qa")], {"ex0": drafts["ex1"]}, right_drafts="correct"
+    )
+    assert report["right"] is None and report["correct"] == 1
     with pytest.raises(ValueError, match="mix"):
         build_rac_samples(tokenizer, examples, drafts, mix=0.0)
+    with pytest.raises(ValueError, match="right_drafts must be one of"):
+        build_rac_samples(tokenizer, examples, drafts, right_drafts="only_wrong")
     with pytest.raises(ValueError, match="not in the examples"):
         build_rac_samples(tokenizer, examples[:1], drafts)
 
@@ -301,17 +397,24 @@ def test_cli_round_trip(tokenizer: PreTrainedTokenizerBase, tmp_path: Path, caps
     gen = write_jsonl(tmp_path / "drafts.jsonl", generations)
     out = tmp_path / "rac.jsonl"
     argv = ["--data", str(data), "--drafts", str(gen), "--tokenizer", str(tmp_path / "tok")]
-    options = ["--variant", "first_divergence", "--mix", "0.5", "--only_wrong", "--seed", "3"]
+    options = ["--variant", "first_divergence", "--mix", "0.5", "--right_drafts", "drop"]
+    options += ["--seed", "3"]
     main([*argv, "--output", str(out), *options])
     printed = capsys.readouterr().out
-    assert '"kept": 3' in printed and "wrote 6 rows" in printed
+    assert '"keep": 0, "correct": 3' in printed and "wrote 6 rows" in printed
 
     # as the loader reads them: GSM8K rows carry their reference's number of reasoning lines
     examples = [
         Example(f"ex{i}", QUESTION, REFERENCE, "math", meta={"num_steps": 1}) for i in range(3)
     ]
     expected, _ = build_rac_samples(
-        tokenizer, examples, drafts, variant="first_divergence", mix=0.5, only_wrong=True, seed=3
+        tokenizer,
+        examples,
+        drafts,
+        variant="first_divergence",
+        mix=0.5,
+        right_drafts="drop",
+        seed=3,
     )
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert lines == expected
@@ -345,6 +448,34 @@ def test_cli_round_trip(tokenizer: PreTrainedTokenizerBase, tmp_path: Path, caps
                 str(out),
             ]
         )
+
+
+def test_cli_keeps_right_drafts_and_checks_that_their_text_fits(
+    tokenizer: PreTrainedTokenizerBase, tmp_path: Path, capsys
+) -> None:
+    """By default a right draft is kept; the fit check encodes each row's own target (a keep's
+    is its draft, here longer than the reference) and names the data's line."""
+    tokenizer.save_pretrained(tmp_path / "tok")
+    data = write_jsonl(
+        tmp_path / "train.jsonl", [{"id": "ex0", "question": QUESTION, "answer": REFERENCE}]
+    )
+    long_right = "Tom had 5 coins, then 3 more coins, so 5 + 3 = 8 coins in all.\n#### 8"
+    gen = write_jsonl(
+        tmp_path / "drafts.jsonl",
+        [{"id": "ex0", "generation_ids": ids(tokenizer, long_right)}],
+    )
+    argv = ["--data", str(data), "--drafts", str(gen), "--tokenizer", str(tmp_path / "tok")]
+    argv += ["--output", str(tmp_path / "rac.jsonl"), "--mix", "1.0"]
+    main(argv)
+    assert '"keep": 1, "correct": 0' in capsys.readouterr().out
+    row = json.loads((tmp_path / "rac.jsonl").read_text())
+    assert (row["response"], row["meta"]["sample"]) == (long_right, "keep")
+
+    # Room for the reference after the marker, not for the draft again.
+    tail = len(ids(tokenizer, CORRECTION_MARKER)) + len(ids(tokenizer, REFERENCE)) + 1
+    assert len(ids(tokenizer, long_right)) > len(ids(tokenizer, REFERENCE)) + 2
+    with pytest.raises(DataError, match=r"train.jsonl:1: field 'response'.*no room"):
+        main([*argv, "--max_length", str(tail + 2)])
 
 
 def test_guard_a_correction_sample_with_a_masked_eos_is_refused(

@@ -245,3 +245,51 @@ def test_a_self_corrected_generation_is_scored_on_its_last_answer(tmp_path):
     path.write_text(json.dumps(row) + "\n")
     assert score_file(path, "summarization", CORRECTION_MARKER)["examples"][0]["rouge1"] == 1.0
     assert score_file(path, "summarization")["examples"][0]["rouge1"] < 1.0  # no marker: all
+
+
+def test_self_correction_passes_and_flips(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The draft (before the first marker) and the final answer (after the last) scored alike,
+    and the flips between them; a row without the marker is its own two passes."""
+    m = CORRECTION_MARKER
+    rows = [
+        {"id": "a", "generation": f"x = 3\n#### 3{m}x = 4\n#### 4", "reference": "#### 4"},
+        {"id": "b", "generation": f"#### 5{m}#### 6", "reference": "#### 5"},
+        {"id": "c", "generation": "#### 7", "reference": "#### 7"},
+        {"id": "d", "generation": f"Tom has 8 coins.\n#### 8{m}#### 8", "reference": "#### 8"},
+        {"id": "e", "generation": f"#### 1{m}#### 2{m}#### 3", "reference": "#### 9"},
+    ]
+    path = write_generations(tmp_path / "gen.jsonl", rows)
+    main(["--generations", str(path), "--task", "math"])
+    summary = json.loads((tmp_path / "gen.summary.json").read_text())
+    first = [0.0, 1.0, 1.0, 1.0, 0.0]
+    assert summary["correct"] == 3 and summary["first_pass_correct"] == 3
+    assert summary["first_pass_exact_match"] == 0.6
+    assert summary["first_pass_exact_match_ci"] == bootstrap_ci(first)
+    assert (summary["right_to_wrong"], summary["wrong_to_right"]) == (1, 1)
+    examples = [json.loads(x) for x in (tmp_path / "gen.summary.examples.jsonl").open()]
+    assert [(e["first_pass_correct"], e["correct"]) for e in examples] == [
+        (False, True),
+        (True, False),
+        (True, True),
+        (True, True),
+        (False, False),
+    ]
+    lo, hi = bootstrap_ci(first)
+    assert capsys.readouterr().out.splitlines()[1] == (
+        f"first_pass_exact_match: 0.6000 [{lo:.4f}, {hi:.4f}] (3/5; exact_match is the second "
+        "pass's), flips: 1 right->wrong, 1 wrong->right"
+    )
+
+    # Direct answers (no marker anywhere): no passes to tell apart.
+    main(["--generations", str(write_generations(path, MATH_ROWS)), "--task", "math"])
+    assert "first_pass_exact_match" not in json.loads((tmp_path / "gen.summary.json").read_text())
+
+    # postfix: its own exact match on both passes.
+    postfix = [
+        {"id": "p", "generation": f"a +{m}a b +", "reference": "a b +"},
+        {"id": "q", "generation": f"a b +{m}b a +", "reference": "a b +"},
+    ]
+    main(["--generations", str(write_generations(path, postfix)), "--task", "postfix"])
+    summary = json.loads((tmp_path / "gen.summary.json").read_text())
+    assert (summary["first_pass_correct"], summary["correct"]) == (1, 1)
+    assert (summary["right_to_wrong"], summary["wrong_to_right"]) == (1, 1)
