@@ -94,7 +94,7 @@ def step_lines(text: str) -> list[str]:
     return [line for line in text.split("####")[0].splitlines() if line.strip()]
 
 
-def _result(x: int, op: str, b: int) -> int | None:
+def step_result(x: int, op: str, b: int) -> int | None:
     """x op b, or None where it is not a whole number."""
     if op == "/":
         return x // b if b and x % b == 0 else None
@@ -113,7 +113,7 @@ def local_errors(lines: Sequence[str], reference: Sequence[Step]) -> list[tuple[
             previous = None  # no result written to start from
             continue
         reasons = []
-        if not step.agrees or _result(step.x, step.op, step.b) != step.y:
+        if not step.agrees or step_result(step.x, step.op, step.b) != step.y:
             reasons.append("arithmetic")
         if previous is not None and step.x != previous:
             reasons.append("start")

@@ -13,6 +13,13 @@ one token per response position) come from:
 At step `step` each response position's input is the prediction with probability
 `SamplingSchedule.p(step)` (`interleave`). The prompt is never touched.
 
+Position ramp. With `position_ramp` N > 0 the probability at the j-th response position
+(j = 0, 1, ...) is p(step) * min(1, (j + 1) / N): early positions, where the model is usually
+right and the context it would make at inference is the reference's, are seldom replaced, and
+from position N - 1 on every position gets p(step), since later positions err more (Liu et al.,
+2021). N = 0 (the default) gives every position p(step). Each position keeps its one draw
+either way, so a ramp only leaves out positions that the flat p would replace.
+
 Schedules. Every schedule gives p = 0 (plain SFT) for the first `warmup_steps` batches; with
 i = step - warmup_steps after that:
 
@@ -36,7 +43,9 @@ a generator of its own per example: never on the batch an example lands in, its 
 the micro-batch split or the number of ranks, so a run is reproducible and resumable however it
 is laid out. Python's `random.Random` is used because its `random()` sequence for a given seed
 is guaranteed not to change across Python versions. For a fixed (seed, step, example), the
-positions replaced at a probability p are a subset of those replaced at any larger p.
+positions replaced at a probability p are a subset of those replaced at any larger p (and, with
+a ramp, of those replaced under any shorter ramp): each position compares one draw of its own
+with its probability, whatever that is.
 
 Predictions made by another tokenizer, or by weights other than those the run starts from,
 would silently teach the wrong thing; `load_predictions` refuses them, as it refuses a training
@@ -76,6 +85,7 @@ class SamplingSchedule:
 
     Only the fields of the chosen `kind` are used (`ramp_steps` by linear, `k` by inverse_sigmoid,
     `decay` by exponential); all are checked, so that a typo fails even where it has no effect.
+    `position_ramp` scales p over response positions (`interleave`), whatever the kind.
     """
 
     kind: str = "constant"
@@ -84,6 +94,7 @@ class SamplingSchedule:
     ramp_steps: int = 100
     k: float = 20.0
     decay: float = 0.99
+    position_ramp: int = 0
 
     @classmethod
     def from_args(cls, args) -> SamplingSchedule:
@@ -95,6 +106,7 @@ class SamplingSchedule:
             args.ss_ramp_steps,
             args.ss_k,
             args.ss_decay,
+            args.ss_position_ramp,
         )
 
     def __post_init__(self) -> None:
@@ -114,6 +126,7 @@ class SamplingSchedule:
             raise ValueError(f"k must be a number >= 1, got {self.k!r}")
         if not _is_number(self.decay) or not 0 < self.decay < 1:
             raise ValueError(f"decay must be a number in (0, 1), got {self.decay!r}")
+        _check_position_ramp(self.position_ramp)
 
     def p(self, step: int) -> float:
         """The probability of the model's token at a response position of global batch `step`."""
@@ -141,24 +154,39 @@ def response_positions(e: Encoded) -> list[int]:
     return [i for i, label in enumerate(e.labels) if label != IGNORE_INDEX]
 
 
+def _check_position_ramp(position_ramp: object) -> None:
+    if not _is_int(position_ramp) or position_ramp < 0:
+        raise ValueError(
+            f"position_ramp must be an integer >= 0 (0: the same p at every position), "
+            f"got {position_ramp!r}"
+        )
+
+
 def _example_rng(seed: int, step: int, example_id: str) -> random.Random:
     digest = hashlib.sha256(f"{seed}\x00{step}\x00{example_id}".encode()).digest()
     return random.Random(int.from_bytes(digest, "little"))
 
 
 def interleave(
-    e: Encoded, predictions: Sequence[int], p: float, seed: int, step: int
+    e: Encoded,
+    predictions: Sequence[int],
+    p: float,
+    seed: int,
+    step: int,
+    position_ramp: int = 0,
 ) -> tuple[Encoded, int]:
     """A copy of `e` whose input token at the j-th response position is `predictions[j]` with
-    probability `p` (independently per position), and the number of positions chosen.
+    probability `p` (independently per position), scaled by min(1, (j + 1) / position_ramp)
+    when `position_ramp` > 0, and the number of positions chosen.
 
     A chosen position counts as replaced even where the model's token equals the ground truth,
-    so that the count over a batch, divided by its response positions, estimates p
-    (`num_changed` counts the positions that differ). p = 0 gives `e` unchanged (SFT's batch
-    exactly); p = 1 puts every prediction in.
+    so that the count over a batch, divided by its response positions, estimates the mean
+    probability: p without a ramp (`num_changed` counts the positions that differ). p = 0 gives
+    `e` unchanged (SFT's batch exactly); p = 1 without a ramp puts every prediction in.
     """
     if not 0 <= p <= 1:
         raise ValueError(f"p must be in [0, 1], got {p}")
+    _check_position_ramp(position_ramp)
     positions = response_positions(e)
     if len(predictions) != len(positions):
         raise DataError(
@@ -170,8 +198,9 @@ def interleave(
     replaced = 0
     if p > 0:
         rng = _example_rng(seed, step, e.id)
-        for position, token in zip(positions, predictions, strict=True):
-            if rng.random() < p:
+        for j, (position, token) in enumerate(zip(positions, predictions, strict=True)):
+            scale = min(1.0, (j + 1) / position_ramp) if position_ramp else 1.0
+            if rng.random() < p * scale:
                 input_ids[position] = token
                 replaced += 1
     return Encoded(e.id, input_ids, list(e.labels)), replaced

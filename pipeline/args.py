@@ -86,6 +86,7 @@ class PipelineArgs:
     ss_p_max: float = SamplingSchedule.p_max
     ss_warmup_steps: int = SamplingSchedule.warmup_steps
     ss_ramp_steps: int = SamplingSchedule.ramp_steps
+    ss_position_ramp: int = SamplingSchedule.position_ramp
     bash_rounds: int = field(default=1, metadata={"help": "regenerate the predictions every round"})
     bash_temperature: float = field(
         default=0.0,

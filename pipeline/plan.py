@@ -142,6 +142,7 @@ class Builder:
             *("--ss_schedule", a.ss_schedule, "--ss_p_max", str(a.ss_p_max)),
             *("--ss_warmup_steps", str(a.ss_warmup_steps)),
             *("--ss_ramp_steps", str(a.ss_ramp_steps)),
+            *("--ss_position_ramp", str(a.ss_position_ramp)),
         ]
 
 

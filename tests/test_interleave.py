@@ -1,5 +1,6 @@
 """BASH's interleaving: what changes (response inputs only), what never does (prompt, labels),
-how often (p), and that each decision depends on (seed, step, id) alone."""
+how often (p, and over response positions with a position ramp), and that each decision depends
+on (seed, step, id) alone."""
 
 from __future__ import annotations
 
@@ -154,3 +155,69 @@ def test_align_free_running() -> None:
     assert align_free_running(e, []) == [20, 21, 22, 3]
     out, _ = interleave(e, align_free_running(e, [30, 31]), p=1.0, seed=0, step=0)
     assert out.input_ids == [2, 10, 30, 31, 22, 3]
+
+
+def long_response(i: int, n: int = 40) -> Encoded:
+    """An example with a 3-token prompt and `n` response positions."""
+    return Encoded(
+        f"long{i}", [1, 5, 6, *range(100, 100 + n)], [IGNORE_INDEX] * 3 + [*range(100, 100 + n)]
+    )
+
+
+def test_no_ramp_replaces_the_same_positions_as_ever() -> None:
+    """Positions drawn before the ramp existed, pinned: a ramp of 0 leaves every run as it was."""
+    e = Encoded("pinned", [1, 5, 6, *range(100, 140)], [IGNORE_INDEX] * 3 + [*range(100, 140)])
+    predictions = [t + 1000 for t in range(100, 140)]
+    pinned = [3, 8, 10, 11, 14, 17, 20, 25, 34, 37, 39]
+    for out, replaced in (
+        interleave(e, predictions, 0.3, seed=11, step=4),
+        interleave(e, predictions, 0.3, seed=11, step=4, position_ramp=0),
+    ):
+        assert changed(out, e) == pinned and replaced == len(pinned)
+
+
+@pytest.mark.parametrize("ramp", [1, 10, 60])
+def test_a_ramp_at_p0_is_sft_exactly(ramp: int) -> None:
+    e = long_response(0)
+    out, replaced = interleave(e, [t + 1 for t in range(100, 140)], 0.0, 0, 0, position_ramp=ramp)
+    assert (out, replaced) == (e, 0)
+
+
+def test_a_ramp_replaces_early_positions_seldom() -> None:
+    """Per position j, the replaced fraction over 50 examples x 40 steps is p * min(1, (j+1)/N)
+    within 5 standard deviations; the first positions far below the last."""
+    p, ramp, n, samples = 0.5, 20, 40, [long_response(i) for i in range(50)]
+    hits, trials = [0] * n, 0
+    for step in range(40):
+        for e in samples:
+            out, replaced = interleave(e, [t + 1000 for t in range(100, 100 + n)], p, 3, step, ramp)
+            chosen = [i - 3 for i in changed(out, e)]
+            assert replaced == len(chosen)
+            for j in chosen:
+                hits[j] += 1
+            trials += 1
+    for j in range(n):
+        expected = p * min(1, (j + 1) / ramp)
+        assert abs(hits[j] / trials - expected) <= 5 * math.sqrt(expected * (1 - expected) / trials)
+    early, late = sum(hits[:5]) / (5 * trials), sum(hits[ramp:]) / ((n - ramp) * trials)
+    assert early < 0.1 < 0.4 < late  # expected 0.0375 and 0.5
+
+
+def test_a_ramp_only_leaves_out_positions() -> None:
+    """With one (seed, step, id), a longer ramp replaces a subset of a shorter one's positions,
+    and a larger p a superset, so the ramp keeps the nesting of the flat draws."""
+    e = long_response(7)
+    predictions = [t + 1 for t in range(100, 140)]
+
+    def chosen(p: float, ramp: int) -> set[int]:
+        return set(changed(interleave(e, predictions, p, seed=2, step=9, position_ramp=ramp)[0], e))
+
+    assert chosen(0.6, 40) <= chosen(0.6, 10) <= chosen(0.6, 0)
+    assert chosen(0.3, 10) <= chosen(0.6, 10) <= chosen(0.9, 10)
+    assert chosen(0.9, 40) != chosen(0.9, 0)
+
+
+@pytest.mark.parametrize("ramp", [-1, 2.0, True])
+def test_a_bad_ramp_is_refused(ramp: object) -> None:
+    with pytest.raises(ValueError, match="position_ramp"):
+        interleave(long_response(0), list(range(40)), 0.5, 0, 0, position_ramp=ramp)

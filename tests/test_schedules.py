@@ -7,6 +7,7 @@ import math
 import pytest
 
 from methods.scheduled_sampling import SamplingSchedule
+from train.args import TrainArgs
 
 
 def test_constant_after_warmup() -> None:
@@ -67,6 +68,8 @@ def test_default_p_max_and_monotone() -> None:
         ({"kind": "exponential", "decay": 1.0}, "decay"),
         ({"kind": "exponential", "decay": 0}, "decay"),
         ({"kind": "constant", "p_max": True}, "p_max"),
+        ({"kind": "constant", "position_ramp": -1}, "position_ramp"),
+        ({"kind": "linear", "position_ramp": 2.5}, "position_ramp"),
     ],
 )
 def test_invalid(kwargs: dict, match: str) -> None:
@@ -80,3 +83,9 @@ def test_bad_step() -> None:
         s.p(-1)
     with pytest.raises(ValueError, match="step"):
         s.p(1.5)
+
+
+def test_from_args_reads_the_position_ramp() -> None:
+    args = TrainArgs("out", mode="scs", ss_schedule="linear", ss_position_ramp=12)
+    assert SamplingSchedule.from_args(args) == SamplingSchedule("linear", position_ramp=12)
+    assert SamplingSchedule.from_args(TrainArgs("out", mode="scs")).position_ramp == 0

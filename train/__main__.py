@@ -255,7 +255,7 @@ def main() -> None:
                         else teacher_forced_predictions(engine, batch, pad_id)
                     )
                     mixed = [
-                        interleave(e, t, p, args.seed, step)
+                        interleave(e, t, p, args.seed, step, schedule.position_ramp)
                         for e, t in zip(batch, batch_predictions, strict=True)
                     ]
                     batch = [e for e, _ in mixed]

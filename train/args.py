@@ -45,6 +45,13 @@ class TrainArgs:
         default=SamplingSchedule.decay,
         metadata={"help": "bash/scs, exponential: ground-truth decay"},
     )
+    ss_position_ramp: int = field(
+        default=SamplingSchedule.position_ramp,
+        metadata={
+            "help": "bash/scs: 0, the same p at every response position; N > 0, p * min(1, "
+            "(j + 1) / N) at response position j, so early positions are seldom replaced"
+        },
+    )
     correction_marker: str = field(
         default=CORRECTION_MARKER, metadata={"help": "rac: between draft and reference"}
     )

@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> None:
     shown, p_step = batch, None
     if args.mode == "bash":
         p_step = run.schedule.p(step)
-        shown = [interleave(e, run.predictions[e.id], p_step, args.seed, step)[0] for e in batch]
+        ramp = run.schedule.position_ramp
+        shown = [
+            interleave(e, run.predictions[e.id], p_step, args.seed, step, ramp)[0] for e in batch
+        ]
     colour = sys.stdout.isatty()
     print(
         f"mode {args.mode}, step {step}"
