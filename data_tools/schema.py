@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-TASKS = ("math", "summarization", "qa")
+TASKS = ("math", "summarization", "qa", "postfix")
 
 
 class DataError(ValueError):

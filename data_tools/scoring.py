@@ -28,6 +28,7 @@ _MARKER = re.compile(
 PICKS = ("last", "first")
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 SCORED_TASKS = ("math", "summarization", "qa", "postfix")
+RIGHT_OR_WRONG = ("math", "postfix")  # the tasks whose scorer says right or wrong
 JUDGED_TASKS = ("qa", "summarization")
 
 
@@ -114,6 +115,17 @@ def postfix_match(prediction: str, reference: str) -> dict[str, Any]:
         "correct": predicted == expected,
         "edit_similarity": 1 - distance / max(len(predicted), len(expected)),
     }
+
+
+def is_right(task: str, text: str, reference: str) -> bool:
+    """Whether `text` is a right answer, by the task's scorer: math, its final number
+    (`math_exact_match`); postfix, its symbols (`postfix_match`). A task without a right answer
+    (summarization, qa), and a reference the scorer cannot read, are a ValueError."""
+    if task == "math":
+        return math_exact_match(text, reference)
+    if task == "postfix":
+        return postfix_match(text, reference)["correct"]
+    raise ValueError(f"task {task!r} has no right answer; the tasks that have: {RIGHT_OR_WRONG}")
 
 
 def _rouge_each(predictions: Sequence[str], references: Sequence[str]) -> list[dict[str, float]]:

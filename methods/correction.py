@@ -7,9 +7,10 @@ A sample with a draft is
 
 where the draft is the model's own (offline) generation for the prompt and the marker a fixed
 text (`CORRECTION_MARKER`). The task's scorer, not token equality, judges the draft (math: its
-final answer, `is_right`): a wrong one makes a correction (the target is the reference), a right
-one a keep (the target is the draft again). Token equality made every draft of a small model a
-correction (right answers in other words too) and taught it to always rewrite.
+final answer; postfix: its symbols; `is_right`): a wrong one makes a correction (the target is
+the reference), a right one a keep (the target is the draft again). Token equality made every
+draft of a small model a correction (right answers in other words too) and taught it to always
+rewrite.
 Why the draft again and not a fixed "keep" text: inference scores what follows the marker
 (`data_tools.scoring.final_answer_text`), so a repeated right draft stays right, scorer unchanged.
 The loss is on the marker, the target and the EOS only: never on the prompt, nor on the draft,
@@ -41,7 +42,8 @@ from data_tools.atomic import write_jsonl
 from data_tools.config import parse_config
 from data_tools.errors import run_tool
 from data_tools.schema import TASKS, DataError, Example
-from data_tools.scoring import math_exact_match
+from data_tools.scoring import RIGHT_OR_WRONG
+from data_tools.scoring import is_right as scorer_says_right
 from data_tools.sources import jsonl_objects, load_examples, token_ids, unique_id
 from data_tools.tokenization import (
     IGNORE_INDEX,
@@ -209,10 +211,11 @@ def _hash_int(*parts: object) -> int:
 
 
 def is_right(text: str, example: Example) -> bool:
-    """Whether the model's `text` has the final answer of `example`'s reference (math: the
-    task whose scorer says right or wrong); a reference without a number is a `DataError`."""
+    """Whether the model's `text` answers `example` right, by its task's scorer
+    (`data_tools.scoring.is_right`; math: the final number, postfix: the symbols); a reference
+    the scorer cannot read (no number, no symbol) is a `DataError`."""
     try:
-        return math_exact_match(text, example.response)
+        return scorer_says_right(example.task, text, example.response)
     except ValueError as e:
         raise DataError(example.origin or f"example {example.id}", "response", str(e)) from e
 
@@ -230,7 +233,7 @@ def build_rac_samples(
     """RAC training rows from the examples and the model's drafts (example id -> token id lists,
     several per example allowed), and a report of counts.
 
-    Each non-empty draft (its EOS dropped) is judged by the task's scorer (math: `is_right`). A
+    Each non-empty draft (its EOS dropped) is judged by the task's scorer (`is_right`). A
     wrong one makes a correction sample: the draft cut by `variant`, then the reference. A right
     one, by `right_drafts`: "keep", a keep sample (the whole draft, then its own text again,
     whatever the cut variant: inference shows the whole draft and scores what follows the
@@ -263,11 +266,12 @@ def build_rac_samples(
     if not 0 < mix <= 1:
         raise ValueError(f"mix (the fraction of samples with a draft) must be in (0, 1], got {mix}")
     tasks = sorted({e.task for e in examples})
-    scored = tasks == ["math"]
+    scored = set(tasks) <= set(RIGHT_OR_WRONG)
     if right_drafts != "correct" and not scored:
         raise ValueError(
-            f"right_drafts={right_drafts!r} needs drafts judged right or wrong, which task 'math' "
-            f"only can be; the examples have task(s) {tasks}: use right_drafts='correct'"
+            f"right_drafts={right_drafts!r} needs drafts judged right or wrong, which only tasks "
+            f"{', '.join(RIGHT_OR_WRONG)} can be; the examples have task(s) {tasks}: use "
+            "right_drafts='correct'"
         )
     unknown = sorted(set(drafts) - {e.id for e in examples})
     if unknown:
@@ -418,8 +422,8 @@ class CorrectionArgs:
     right_drafts: str = field(
         default="keep",
         metadata={
-            "help": "what a draft with the right answer (math) makes: keep (marker, the draft "
-            "again), correct (marker, the reference) or drop (nothing); other tasks: correct"
+            "help": "what a draft with the right answer (math, postfix) makes: keep (marker, the "
+            "draft again), correct (marker, the reference) or drop (nothing); other tasks: correct"
         },
     )
     seed: int = 0

@@ -1,9 +1,9 @@
 """Preference pairs made from the model's own samples, for DPO on a task whose scorer says right
-or wrong (math): each training prompt's sampled answers are scored against its reference, and a
-prompt gives one pair, chosen = its first right sample (the reference answer when no sample is
-right), rejected = its first wrong one. A prompt with no wrong sample has nothing to reject and
-is skipped; so is one without samples; both are counted and printed, as are the empty samples
-(an immediate EOS), which are not candidates.
+or wrong (math, postfix): each training prompt's sampled answers are scored against its
+reference, and a prompt gives one pair, chosen = its first right sample (the reference answer
+when no sample is right), rejected = its first wrong one. A prompt with no wrong sample has
+nothing to reject and is skipped; so is one without samples; both are counted and printed, as
+are the empty samples (an immediate EOS), which are not candidates.
 
     deepspeed --num_gpus 2 --module generate --model_name_or_path runs/sft/export \\
         --data train.jsonl --do_sample true --num_samples 4 --output runs/dpo/samples.jsonl
@@ -26,6 +26,7 @@ from data_tools.atomic import write_jsonl
 from data_tools.config import parse_config
 from data_tools.errors import run_tool
 from data_tools.schema import DataError, Example
+from data_tools.scoring import RIGHT_OR_WRONG
 from data_tools.sources import load_examples
 from methods.correction import is_right, read_drafts
 
@@ -38,10 +39,10 @@ def build_pairs(
     """One preference row per example that has a wrong sample (see the module doc), from
     `samples` (example id -> the token ids of its samples, in order), and a report of counts."""
     tasks = sorted({e.task for e in examples})
-    if tasks != ["math"]:
+    if not set(tasks) <= set(RIGHT_OR_WRONG):
         raise ValueError(
-            f"pairs from samples need a scorer that says right or wrong, which task 'math' has; "
-            f"the examples have task(s) {tasks}"
+            "pairs from samples need a scorer that says right or wrong, which only tasks "
+            f"{', '.join(RIGHT_OR_WRONG)} have; the examples have task(s) {tasks}"
         )
     report = {"prompts": len(examples)}
     report |= dict.fromkeys(("samples", "empty", "right", "wrong", "pairs", "chosen_reference"), 0)
@@ -92,7 +93,10 @@ class PreferencePairsArgs:
     )
     tokenizer: str = field(metadata={"help": "the model's tokenizer (folder or hub name)"})
     output: str = field(metadata={"help": "the preference pairs jsonl to write"})
-    task: str = field(default="math", metadata={"help": "math (a scorer says right or wrong)"})
+    task: str = field(
+        default="math",
+        metadata={"help": " or ".join(RIGHT_OR_WRONG) + " (a scorer says right or wrong)"},
+    )
     limit: int | None = field(
         default=None, metadata={"help": "use only the first N examples of the data"}
     )

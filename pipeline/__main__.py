@@ -188,7 +188,15 @@ def main() -> None:
         bar.update()
     bar.close()
     stages = [s.name for s in plan.stages]
-    rows = report(plan.run_dir, plan.base_dir, plan.evaluations, stages, recorded | timings)
+    rows = report(
+        plan.run_dir,
+        plan.base_dir,
+        plan.evaluations,
+        stages,
+        recorded | timings,
+        task=args.task,
+        splits=plan.split_evaluations,
+    )
     with Tracker(
         args.wandb_project, str(plan.run_dir), asdict(args), "report", "report", args.group()
     ) as tracker:

@@ -28,7 +28,15 @@ class PipelineArgs:
             "seeds and variants of the methods from one SFT model"
         },
     )
-    # The task: a folder with train/validation/test.jsonl, or (when empty) the synthetic task.
+    # The task: its name, and a folder with train/validation/test.jsonl or (when empty) its
+    # generator's data.
+    task: str = field(
+        default=DataArgs.task,
+        metadata={
+            "help": "math (data: data_tools.synthetic_math) or postfix (data_tools.postfix): "
+            "the generator, and the task every stage trains, generates and scores"
+        },
+    )
     data_dir: str | None = field(
         default=None,
         metadata={
@@ -37,7 +45,20 @@ class PipelineArgs:
         },
     )
     validation_size: int = HoldoutArgs.validation_size
-    synthetic_sizes: str = field(default="train=20000,validation=500,test=500")
+    synthetic_sizes: str = field(
+        default="train=20000,validation=500,test=500",
+        metadata={
+            "help": "the generator's split sizes, each its option: math also shifted_size=N "
+            "(each shifted split), postfix test_long=N"
+        },
+    )
+    shifted_steps: str = field(
+        default="",
+        metadata={
+            "help": "math: length-shifted test splits, e.g. 6-8,10 (test_6to8, test_10); "
+            "evaluated when named in eval_splits"
+        },
+    )
     # Options of the stages, forwarded to them; their defaults are the stages' own.
     max_length: int = DataArgs.max_length
     max_new_tokens: int = GenerateArgs.max_new_tokens
@@ -47,9 +68,16 @@ class PipelineArgs:
             "help": "the split every model is evaluated on: test (once, for results) or validation (tuning)"
         },
     )
+    eval_splits: str = field(
+        default="",
+        metadata={
+            "help": "more splits every model is evaluated on, e.g. test_6to8,test_10 "
+            "(shifted_steps) or test_long (postfix): a column each in the report"
+        },
+    )
     report_examples: int | None = field(
         default=None,
-        metadata={"help": "evaluate on the first N of the report split (default: all)"},
+        metadata={"help": "evaluate on the first N of each evaluated split (default: all)"},
     )
     max_eval_examples: int = field(
         default=TrainArgs.max_eval_examples,
@@ -142,6 +170,12 @@ class PipelineArgs:
 
     def dpo_list(self) -> list[str]:
         return _names(self.dpo_after)
+
+    def eval_split_list(self) -> list[str]:
+        return _names(self.eval_splits)
+
+    def shifted_step_list(self) -> list[str]:
+        return _names(self.shifted_steps)
 
 
 def _names(option: str) -> list[str]:

@@ -15,9 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_tools.postfix import SPLITS as POSTFIX_SPLITS
+from data_tools.synthetic_math import step_ranges
 from pipeline.args import PipelineArgs
 
 DPO_SUFFIX = "+dpo"  # the model "<method>+dpo": DPO from the method's model
+GENERATORS = {"math": "data_tools.synthetic_math", "postfix": "data_tools.postfix"}  # by task
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Plan:
     base_dir: Path  # where data, tokenizer and the SFT base live (run_dir unless reused)
     stages: tuple[Stage, ...]
     evaluations: dict[str, Path]  # generation file on the evaluation split, by reported model
+    split_evaluations: dict[str, dict[str, Path]]  # the same on each of eval_splits, by split
 
 
 class Builder:
@@ -51,7 +55,8 @@ class Builder:
         self.base = Path(args.base_dir) if args.base_dir else self.run
         self.data = self.base / "data"  # the task made here (or train/validation held out)
         given = Path(args.data_dir) if args.data_dir else self.data
-        self.splits = {s: given / f"{s}.jsonl" for s in ("train", "validation", "test")}
+        names = ("train", "validation", "test", *args.eval_split_list())
+        self.splits = {s: given / f"{s}.jsonl" for s in names}
         # A task without a validation split (GSM8K) gets one held out from its training data.
         self.holdout = bool(args.data_dir) and not self.splits["validation"].exists()
         if self.holdout:
@@ -96,7 +101,7 @@ class Builder:
                 *("--learning_rate", str(lr), "--data", str(self.splits["train"])),
                 *("--seed", str(a.seed), "--max_length", str(a.max_length)),
                 *("--micro_batch_size", str(a.micro_batch_size)),
-                *("--deepspeed_config", a.deepspeed_config, "--task", "math"),
+                *("--deepspeed_config", a.deepspeed_config, "--task", a.task),
                 *("--eval_data", str(self.splits["validation"])),
                 *("--max_eval_examples", str(a.max_eval_examples)),
                 *self.lora(),
@@ -114,7 +119,7 @@ class Builder:
         self.add(
             name,
             "generate",
-            ["--model_name_or_path", str(model), "--data", str(split), "--task", "math"]
+            ["--model_name_or_path", str(model), "--data", str(split), "--task", a.task]
             + ["--output", str(out), "--max_new_tokens", str(a.max_new_tokens)]
             + ["--max_length", str(a.max_length), "--seed", str(a.seed)]
             + [*self.tracking(name), *extra],
@@ -161,11 +166,13 @@ def base_stages(b: Builder) -> None:
         )
     if not a.base_dir and not a.data_dir:
         sizes = dict(kv.split("=") for kv in a.synthetic_sizes.split(","))
+        shifted = a.shifted_step_list()
         b.add(
             "data",
-            "data_tools.synthetic_math",
+            GENERATORS[a.task],
             ["--output_dir", str(b.data), "--seed", str(a.seed)]
-            + [arg for k, v in sizes.items() for arg in (f"--{k}", v)],
+            + [arg for k, v in sizes.items() for arg in (f"--{k}", v)]
+            + (["--shifted_steps", *shifted] if shifted else []),
             b.data / "difficulty.json",
             makes=tuple(b.splits.values()),
         )
@@ -247,7 +254,7 @@ def rac_stages(b: Builder) -> Path:
         "rac_build",
         "methods.correction",
         ["--data", str(b.splits["train"]), "--limit", n, "--drafts", str(drafts)]
-        + ["--tokenizer", str(b.sft), "--output", str(samples)]
+        + ["--task", a.task, "--tokenizer", str(b.sft), "--output", str(samples)]
         + ["--variant", a.rac_variant, "--mix", str(a.rac_mix)]
         + ["--right_drafts", a.rac_right_drafts]
         + ["--seed", str(a.seed), "--max_length", str(a.max_length)],
@@ -275,7 +282,7 @@ def preference_pairs(b: Builder, name: str, split: str, prompts: int) -> Path:
         f"dpo_{name}pairs",
         "methods.preference_pairs",
         ["--data", str(b.splits[split]), "--limit", str(prompts), "--samples", str(samples)]
-        + ["--tokenizer", str(b.sft), "--output", str(pairs)],
+        + ["--task", a.task, "--tokenizer", str(b.sft), "--output", str(pairs)],
         pairs,
     )
     return pairs
@@ -326,48 +333,86 @@ METHODS: dict[str, Callable[[Builder], Path]] = {
 }
 
 
-def evaluation_stages(b: Builder, models: dict[str, Path]) -> dict[str, Path]:
-    """Every model greedy on the chosen split (a pretrained start too: its zero-shot row), RAC
-    also drafting then correcting; with wandb, each evaluation scored into its own run."""
+def evaluation_stages(b: Builder, models: dict[str, Path]) -> dict[str, dict[str, Path]]:
+    """Every model greedy on the report split and on each of eval_splits (a pretrained start
+    too: its zero-shot row), RAC also drafting then correcting; with wandb, each evaluation
+    scored into its own run. The generation files by split, then by model."""
     a = b.args
-    split, name = b.splits[a.report_split], a.report_split
     limit = ["--limit", str(a.report_examples)] if a.report_examples else []
     base_models = {"sft_base": b.sft}
     if a.model_name_or_path:
         base_models = {"pretrained": Path(a.model_name_or_path), **base_models}
-    evaluations = {
-        model: b.generate(
-            f"eval_{name}_{model}", path, split, b.base / "eval" / name / f"{model}.jsonl", *limit
-        )
-        for model, path in base_models.items()
-    }
-    for method, model in models.items():
-        evaluations[method] = b.generate(
-            f"eval_{name}_{method}",
-            model,
-            split,
-            b.run / "eval" / name / f"{method}.jsonl",
-            *limit,
-        )
-    if "rac" in models:
-        evaluations["rac_self_correct"] = b.generate(
-            f"eval_{name}_rac_self_correct",
-            models["rac"],
-            split,
-            b.run / "eval" / name / "rac_self_correct.jsonl",
-            *("--self_correct", "true"),
-            *limit,
-        )
-    if b.args.wandb_project:
-        for model, path in evaluations.items():
-            stage = f"score_{name}_{model}"
-            b.add(
-                stage,
-                "generate.score",
-                ["--generations", str(path), "--task", "math", *b.tracking(stage)],
-                path.with_suffix(".summary.json"),
+    evaluations = {}
+    for name in (a.report_split, *a.eval_split_list()):
+        split = b.splits[name]
+        on_split = {
+            model: b.generate(
+                f"eval_{name}_{model}",
+                path,
+                split,
+                b.base / "eval" / name / f"{model}.jsonl",
+                *limit,
             )
+            for model, path in base_models.items()
+        }
+        for method, model in models.items():
+            on_split[method] = b.generate(
+                f"eval_{name}_{method}",
+                model,
+                split,
+                b.run / "eval" / name / f"{method}.jsonl",
+                *limit,
+            )
+        if "rac" in models:
+            on_split["rac_self_correct"] = b.generate(
+                f"eval_{name}_rac_self_correct",
+                models["rac"],
+                split,
+                b.run / "eval" / name / "rac_self_correct.jsonl",
+                *("--self_correct", "true"),
+                *limit,
+            )
+        if a.wandb_project:
+            for model, path in on_split.items():
+                stage = f"score_{name}_{model}"
+                b.add(
+                    stage,
+                    "generate.score",
+                    ["--generations", str(path), "--task", a.task, *b.tracking(stage)],
+                    path.with_suffix(".summary.json"),
+                )
+        evaluations[name] = on_split
     return evaluations
+
+
+def generated_splits(args: PipelineArgs) -> list[str]:
+    """The splits the task's generator writes (the synthetic math's shifted ones included)."""
+    if args.task == "postfix":
+        return list(POSTFIX_SPLITS)
+    return ["train", "validation", "test", *step_ranges(args.shifted_step_list())]
+
+
+def check_task(args: PipelineArgs) -> None:
+    """A task the pipeline makes data for, shifted steps for its synthetic math only, and extra
+    evaluation splits that are neither the report split nor twice named, nor (when this run
+    makes the data) splits the generator does not write."""
+    if args.task not in GENERATORS:
+        raise ValueError(f"task {args.task!r}: the pipeline runs the tasks {list(GENERATORS)}")
+    if args.shifted_steps and (args.task != "math" or args.data_dir):
+        raise ValueError("shifted_steps: an option of the synthetic math (task math, no data_dir)")
+    extra = args.eval_split_list()
+    if args.report_split in extra or len(set(extra)) < len(extra):
+        raise ValueError(
+            f"eval_splits {extra}: name each split once, and not the report split "
+            f"{args.report_split!r}"
+        )
+    if not args.data_dir and not args.base_dir:
+        written = generated_splits(args)
+        if unknown := [s for s in extra if s not in written]:
+            shifted = " (shifted_steps adds test_<steps> splits)" if args.task == "math" else ""
+            raise ValueError(
+                f"eval_splits {unknown}: {GENERATORS[args.task]} writes {written}{shifted}"
+            )
 
 
 def build_plan(args: PipelineArgs) -> Plan:
@@ -379,9 +424,11 @@ def build_plan(args: PipelineArgs) -> Plan:
         raise ValueError(f"dpo_after {without}: DPO continues a method's model; add it to methods")
     if args.model_name_or_path is None and args.model_config is None and not args.base_dir:
         raise ValueError("give model_name_or_path (a pretrained model) or model_config (a new one)")
+    check_task(args)
     b = Builder(args)
     base_stages(b)
     models = {method: METHODS[method](b) for method in args.method_list()}
     models |= dpo_stages(b, models)
     evaluations = evaluation_stages(b, models)
-    return Plan(b.run, b.base, tuple(b.stages), evaluations)
+    report = evaluations.pop(args.report_split)
+    return Plan(b.run, b.base, tuple(b.stages), report, evaluations)

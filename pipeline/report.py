@@ -1,7 +1,8 @@
-"""The comparison's report: a table (method, exact match, tokens trained, wall time; for DPO rows
-the held-out preference accuracy), the same as results.json, a plot of accuracy per method and
-by number of reasoning steps (results.png), the methods' learning curves (learning_curves.png),
-and, with wandb, all of these in a run of job type "report"."""
+"""The comparison's report: a table (method, exact match, on each extra evaluation split too,
+tokens trained, wall time; for DPO rows the held-out preference accuracy), the same as
+results.json, a plot of accuracy per method and by number of reasoning steps (results.png), the
+methods' learning curves (learning_curves.png), and, with wandb, all of these in a run of job
+type "report"."""
 
 from __future__ import annotations
 
@@ -81,6 +82,29 @@ def _training_cost(run: Path, base: Path, name: str) -> tuple[int, int]:
     return sum(r["train/trained_tokens"] for r in rows), passes
 
 
+def _scores(path: Path, task: str) -> dict:
+    """One generation file's exact match, its interval, its number of examples and the exact
+    match by number of reasoning steps (a row's meta.num_steps)."""
+    scores = score_file(path, task, CORRECTION_MARKER)
+    steps = {r["id"]: r["meta"].get("num_steps") for r in map(json.loads, path.open())}
+    by_steps: dict[int, list[bool]] = defaultdict(list)
+    for e in scores["examples"]:
+        by_steps[steps[e["id"]]].append(e["correct"])
+    summary = scores["summary"]
+    return {
+        "exact_match": summary["exact_match"],
+        "exact_match_ci": summary["exact_match_ci"],
+        "n": summary["n"],
+        "by_steps": {k: sum(v) / len(v) for k, v in sorted(by_steps.items()) if k is not None},
+    }
+
+
+def _exact_match(scores: dict) -> str:
+    """Exact match and its count, e.g. 0.683 (342/500)."""
+    n = scores["n"]
+    return f"{scores['exact_match']:.3f} ({round(scores['exact_match'] * n)}/{n})"
+
+
 def _fraction(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
@@ -95,22 +119,21 @@ def report(
     evaluations: dict[str, Path],
     stages: list[str],
     timings: dict[str, float],
+    *,
+    task: str = "math",
+    splits: dict[str, dict[str, Path]] | None = None,
 ) -> list[dict]:
+    """The rows, scored by `task`'s scorer: each model's on the report split (`evaluations`), and
+    under "splits" its scores on each extra split (`splits`: split -> model -> generations)."""
+    splits = splits or {}
     rows = []
     for name, path in evaluations.items():
-        scores = score_file(path, "math", CORRECTION_MARKER)
-        steps = {r["id"]: r["meta"].get("num_steps") for r in map(json.loads, path.open())}
-        by_steps: dict[int, list[bool]] = defaultdict(list)
-        for e in scores["examples"]:
-            by_steps[steps[e["id"]]].append(e["correct"])
         wall = wall_time(name, stages, timings)
         tokens, passes = _training_cost(run, base, name)
         row = {
             "method": name,
-            "exact_match": scores["summary"]["exact_match"],
-            "exact_match_ci": scores["summary"]["exact_match_ci"],
-            "n": scores["summary"]["n"],
-            "by_steps": {k: sum(v) / len(v) for k, v in sorted(by_steps.items()) if k is not None},
+            **_scores(path, task),
+            "splits": {split: _scores(paths[name], task) for split, paths in splits.items()},
             "trained_tokens": tokens,
             "forward_sequences": passes,
             "train_wall_s": wall,
@@ -123,13 +146,17 @@ def report(
     write_json(run / "results.json", rows)
     dpo = any("preference_accuracy" in r for r in rows)
     table = [
-        "| method | exact match | trained tokens | forward passes | training wall time (s) |"
+        "| method | exact match |"
+        + "".join(f" {split} |" for split in splits)
+        + " trained tokens | forward passes | training wall time (s) |"
         + (" held-out preference accuracy |" if dpo else ""),
-        "|---|---:|---:|---:|---:|" + ("---:|" if dpo else ""),
+        "|---|---:|" + "---:|" * len(splits) + "---:|---:|---:|" + ("---:|" if dpo else ""),
     ]
     table += [
-        f"| {r['method']} | {r['exact_match']:.3f} ({round(r['exact_match'] * r['n'])}/{r['n']}) | "
-        f"{r['trained_tokens']:,} | {r['forward_sequences']:,} | {_seconds(r['train_wall_s'])} |"
+        f"| {r['method']} | {_exact_match(r)} |"
+        + "".join(f" {_exact_match(r['splits'][split])} |" for split in splits)
+        + f" {r['trained_tokens']:,} | {r['forward_sequences']:,} | "
+        f"{_seconds(r['train_wall_s'])} |"
         + (f" {_fraction(r.get('preference_accuracy'))} |" if dpo else "")
         for r in rows
     ]
@@ -161,14 +188,24 @@ def method_curves(run: Path, base: Path, names: list[str]) -> dict[str, list[dic
 
 
 def track(rows: list[dict], run: Path, tracker: Tracker) -> None:
-    """The report in wandb: each method's exact match (with its interval) and costs as summary
-    metrics and as a table, and the two plots."""
+    """The report in wandb: each method's exact match (with its interval; on each extra split,
+    `<split>_exact_match`) and costs as summary metrics and as a table, and the two plots."""
     flat = []
     for r in rows:
         low, high = r["exact_match_ci"]
         by_steps = {f"exact_match_steps_{k}": v for k, v in r["by_steps"].items()}
-        rest = {k: v for k, v in r.items() if k not in ("exact_match_ci", "by_steps")}
-        flat.append(rest | {"exact_match_ci_low": low, "exact_match_ci_high": high} | by_steps)
+        splits = {}
+        for split, s in r["splits"].items():
+            split_low, split_high = s["exact_match_ci"]
+            splits |= {
+                f"{split}_exact_match": s["exact_match"],
+                f"{split}_exact_match_ci_low": split_low,
+                f"{split}_exact_match_ci_high": split_high,
+            }
+        rest = {k: v for k, v in r.items() if k not in ("exact_match_ci", "by_steps", "splits")}
+        flat.append(
+            rest | {"exact_match_ci_low": low, "exact_match_ci_high": high} | by_steps | splits
+        )
     tracker.summary({f"{f['method']}/{k}": v for f in flat for k, v in f.items() if k != "method"})
     columns = list(dict.fromkeys(k for f in flat for k in f))
     tracker.log_table("results/table", columns, [[f.get(k) for k in columns] for f in flat])

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from transformers.utils import is_flash_attn_2_available
 
 from data_tools.preferences import load_preferences
-from data_tools.schema import Example, Preference
+from data_tools.schema import TASKS, Example, Preference
 from data_tools.sources import load_examples
 
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
@@ -66,7 +66,7 @@ class DataArgs:
     data_format: str = field(
         default="auto", metadata={"help": "gsm8k, tldr, messages, alpaca, plain, or auto"}
     )
-    task: str = field(default="math", metadata={"help": "math, summarization or qa"})
+    task: str = field(default="math", metadata={"help": ", ".join(TASKS)})
     limit: int | None = field(default=None, metadata={"help": "use only the first N examples"})
     skip_invalid: bool = field(
         default=False, metadata={"help": "skip (and count) invalid rows instead of failing"}

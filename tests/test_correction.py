@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from transformers import PreTrainedTokenizerBase
 
 from data_tools.schema import DataError, Example
-from data_tools.scoring import final_answer_text, math_exact_match
+from data_tools.scoring import final_answer_text, is_right, math_exact_match
 from data_tools.sources import load_examples
 from data_tools.tokenization import IGNORE_INDEX, Encoded, check_sample, encode_examples
 from methods.correction import (
@@ -303,6 +303,32 @@ def test_keep_or_correct_follows_the_scorer(tokenizer: PreTrainedTokenizerBase) 
     ]
 
 
+def test_postfix_drafts_are_kept_or_corrected_by_the_postfix_scorer(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """A postfix draft is judged by its symbols (`postfix_match`), not by its tokens nor by a
+    number: the reference's symbols spaced otherwise are kept, other symbols (a wrong order,
+    one too many) corrected."""
+    reference = "a b c * +"
+    e = Example("pf0", "Write in postfix notation: a + b * c", reference, "postfix", "data.jsonl:1")
+    texts = ("a b + c *", "a  b c * +", reference, "a b c * + c")
+    drafts = {"pf0": [ids(tokenizer, t) + [tokenizer.eos_token_id] for t in texts]}
+    assert drafts["pf0"][1] != drafts["pf0"][2]  # right, in other tokens
+    rows, report = build_rac_samples(tokenizer, [e], drafts, variant="first_divergence", mix=1.0)
+    assert samples(rows) == [
+        ("pf0#rac0", "correct"),
+        ("pf0#rac1", "keep"),
+        ("pf0#rac2", "keep"),
+        ("pf0#rac3", "correct"),
+    ]
+    assert (report["right"], report["wrong"], report["equal_to_reference"]) == (2, 2, 1)
+    responses = [r["response"] for r in rows]
+    assert responses == [reference, "a  b c * +", reference, reference]
+    assert all(is_right("postfix", r, reference) for r in responses)
+    rows, report = build_rac_samples(tokenizer, [e], drafts, right_drafts="drop", mix=1.0)
+    assert samples(rows) == [("pf0#rac0", "correct"), ("pf0#rac3", "correct")]
+
+
 def load_rows(rows: list[dict]) -> list[Example]:
     return [Example(r["id"], r["prompt"], r["response"], r["task"], meta=r["meta"]) for r in rows]
 
@@ -341,7 +367,7 @@ def test_build_mix_and_refusals(tokenizer: PreTrainedTokenizerBase) -> None:
 
     # A task without a scorer: every draft that differs from the reference is corrected.
     for right_drafts in ("keep", "drop"):
-        with pytest.raises(ValueError, match=f"right_drafts='{right_drafts}'.*'math' only"):
+        with pytest.raises(ValueError, match=f"right_drafts='{right_drafts}'.*only tasks math, "):
             build_rac_samples(tokenizer, [example(0, "qa")], {}, right_drafts=right_drafts)
     rows, report = build_rac_samples(
         tokenizer, [example(0, "qa")], {"ex0": drafts["ex1"]}, right_drafts="correct"

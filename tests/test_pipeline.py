@@ -22,7 +22,12 @@ from tests.launch import REPO, TINY_PIPELINE, env, run
 
 pytestmark = pytest.mark.slow
 
-TINY = [*TINY_PIPELINE, "--nproc", "1", "--dpo_after", "rac", "--dpo_steps", "4"]
+TINY = [
+    *(*TINY_PIPELINE, "--nproc", "1", "--dpo_after", "rac", "--dpo_steps", "4"),
+    # A length-shifted split of 8 problems, every model evaluated on it too (a report column).
+    *("--synthetic_sizes", "train=300,validation=24,test=24,shifted_size=8"),
+    *("--shifted_steps", "6-7", "--eval_splits", "test_6to7"),
+]
 FINISHED_BEFORE_KILL = {
     "data": "data/difficulty.json",
     "tokenizer": "tokenizer/tokenizer.json",
@@ -85,9 +90,12 @@ def test_pipeline_resumes_after_kill(tmp_path: Path) -> None:
         assert r["n"] == 24 and 0 <= r["exact_match"] <= 1 and r["trained_tokens"] > 0
         low, high = r["exact_match_ci"]
         assert low <= r["exact_match"] <= high
+        shifted = r["splits"]["test_6to7"]
+        assert shifted["n"] == 8 and set(shifted["by_steps"]) <= {"6", "7"}
     assert (run_dir / "results.png").stat().st_size > 10_000
     table = (run_dir / "results.md").read_text()
     assert "| bash |" in table and "| rac+dpo |" in table
+    assert table.startswith("| method | exact match | test_6to7 | trained tokens |")
     # Every stage ran exactly once over the two runs: its time was recorded once and kept.
     assert set(FINISHED_BEFORE_KILL) <= set(json.loads(timings.read_text()))
 

@@ -1,14 +1,18 @@
 """The pipeline's plan: every stage waits for the stages whose outputs it reads, a run reusing a
-base plans no base stage, and DPO continues each chosen method from one set of pairs."""
+base plans no base stage, DPO continues each chosen method from one set of pairs, the task
+reaches every stage, and extra splits are evaluated and reported."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 
 from data_tools.config import parse_config
 from pipeline.args import PipelineArgs
 from pipeline.plan import Stage, build_plan
-from pipeline.report import wall_time
+from pipeline.report import report, wall_time
 
 
 def plan_of(*argv: str):
@@ -136,3 +140,107 @@ def test_a_rowswall_time_is_its_stages_or_not_recorded() -> None:
     del timings["dpo_pairs"]
     assert wall_time("rac+dpo", stages, timings) is None
     assert wall_time("rac", stages, timings) == 3.0
+
+
+def test_the_postfix_task_makes_its_data_and_every_stage_is_told_it() -> None:
+    plan = plan_of(
+        *("--task", "postfix", "--eval_splits", "test_long", "--dpo_after", "rac"),
+        *("--synthetic_sizes", "train=300,validation=24,test=24,test_long=24"),
+        *("--wandb_project", "p"),
+    )
+    stages = {s.name: s for s in plan.stages}
+    data = stages["data"]
+    assert data.module == "data_tools.postfix"
+    assert options(data)["--test_long"] == "24" and "--shifted_steps" not in data.args
+    told = [s for s in plan.stages if s.module != "data_tools.tokenizer_training" and s != data]
+    assert {s.module for s in told} == {
+        "train",
+        "generate",
+        "generate.score",
+        "methods.correction",
+        "methods.preference_pairs",
+    }
+    assert all(options(s)["--task"] == "postfix" for s in told)
+    assert stages["eval_test_long_rac+dpo"].after == ("rac+dpo", "data")
+    assert options(stages["eval_test_long_sft"])["--data"] == str(
+        plan.run_dir / "data/test_long.jsonl"
+    )
+    assert set(plan.split_evaluations) == {"test_long"}
+    assert set(plan.split_evaluations["test_long"]) == set(plan.evaluations)
+
+
+def test_extra_splits_evaluate_every_model_beside_the_report_split(tmp_path) -> None:
+    plan = plan_of("--shifted_steps", "6-8,10", "--eval_splits", "test_6to8,test_10")
+    stages = {s.name: s for s in plan.stages}
+    run = plan.run_dir
+    data = stages["data"].args
+    assert data[data.index("--shifted_steps") :][:3] == ("--shifted_steps", "6-8", "10")
+    assert options(stages["sft_base"])["--task"] == "math"  # the default task, as before
+    for split in ("test_6to8", "test_10"):
+        evaluations = plan.split_evaluations[split]
+        assert set(evaluations) == set(plan.evaluations)
+        for model, path in evaluations.items():
+            stage = stages[f"eval_{split}_{model}"]
+            assert options(stage)["--data"] == str(run / "data" / f"{split}.jsonl")
+            assert stage.output == path == run / "eval" / split / f"{model}.jsonl"
+            assert "data" in stage.after
+        assert options(stages[f"eval_{split}_rac_self_correct"])["--self_correct"] == "true"
+    assert plan.evaluations["sft"] == run / "eval/test/sft.jsonl"  # the report split's, as before
+    assert len({s.output for s in plan.stages}) == len(plan.stages)
+    # A run from a base evaluates on the base's splits: its shifted ones too.
+    plan = plan_of("--base_dir", str(tmp_path), "--methods", "sft", "--eval_splits", "test_10")
+    assert plan.split_evaluations["test_10"] == {
+        "sft_base": tmp_path / "eval/test_10/sft_base.jsonl",
+        "sft": plan.run_dir / "eval/test_10/sft.jsonl",
+    }
+    assert options(plan.stages[-1])["--data"] == str(tmp_path / "data/test_10.jsonl")
+
+
+def test_a_task_or_split_the_pipeline_cannot_make_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"task 'qa': the pipeline runs the tasks \['math', 'p"):
+        plan_of("--task", "qa")
+    with pytest.raises(ValueError, match="shifted_steps: an option of the synthetic math"):
+        plan_of("--task", "postfix", "--shifted_steps", "6-8")
+    with pytest.raises(ValueError, match="shifted_steps: an option of the synthetic math"):
+        plan_of("--data_dir", str(tmp_path), "--shifted_steps", "6-8")
+    with pytest.raises(ValueError, match=r"eval_splits \['test_long'\]: data_tools.synthetic"):
+        plan_of("--eval_splits", "test_long")
+    with pytest.raises(ValueError, match=r"eval_splits \['test_6to8'\]: .*test_long"):
+        plan_of("--task", "postfix", "--eval_splits", "test_6to8")
+    with pytest.raises(ValueError, match="not the report split 'test'"):
+        plan_of("--eval_splits", "test")
+    with pytest.raises(ValueError, match="name each split once"):
+        plan_of("--shifted_steps", "10", "--eval_splits", "test_10,test_10")
+    with pytest.raises(ValueError, match="shifted_steps: expected a count or range"):
+        plan_of("--shifted_steps", "six")
+
+
+def test_the_report_scores_by_the_task_and_has_a_column_per_extra_split(tmp_path, capsys) -> None:
+    def generations(split: str, answers: list[str]) -> Path:
+        path = tmp_path / f"{split}.jsonl"
+        rows = [
+            {"id": f"{split}{i}", "reference": "a b +", "generation": g, "meta": {"num_steps": 1}}
+            for i, g in enumerate(answers)
+        ]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    test = generations("test", ["a b +", "a + b"])
+    long = generations("test_long", ["a b +", "a  b +", "a", "b a +"])
+    report(
+        tmp_path,
+        tmp_path,
+        {"pretrained": test},
+        [],
+        {},
+        task="postfix",
+        splits={"test_long": {"pretrained": long}},
+    )
+    (row,) = json.loads((tmp_path / "results.json").read_text())
+    assert (row["exact_match"], row["n"]) == (0.5, 2)  # postfix's exact match, not math's
+    shifted = row["splits"]["test_long"]
+    assert (shifted["exact_match"], shifted["n"], shifted["by_steps"]) == (0.5, 4, {"1": 0.5})
+    header, _, line = (tmp_path / "results.md").read_text().splitlines()
+    assert header.startswith("| method | exact match | test_long | trained tokens |")
+    assert line.startswith("| pretrained | 0.500 (1/2) | 0.500 (2/4) | 0 |")
+    assert line in capsys.readouterr().out

@@ -220,6 +220,16 @@ def test_pairs_from_samples_prefer_a_right_one_and_skip_prompts_without_a_wrong_
     }
 
 
+def test_pairs_from_postfix_samples_follow_its_scorer(tokenizer: PreTrainedTokenizerBase) -> None:
+    e = Example("p0", "Write in postfix notation: a + b", "a b +", "postfix")
+    samples = {"p0": response_ids(tokenizer, ["a + b", "a  b +"])}  # wrong; right, spaced otherwise
+    rows, report = build_pairs(tokenizer, [e], samples)
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [("a  b +", "a + b")]
+    assert (report["right"], report["wrong"]) == (1, 1)
+    with pytest.raises(ValueError, match=r"only tasks math, postfix have; .* \['qa'\]"):
+        build_pairs(tokenizer, [Example("q0", "Why?", "Because.", "qa")], {})
+
+
 # --- the tools, as processes ------------------------------------------------------------------
 
 

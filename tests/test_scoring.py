@@ -11,7 +11,7 @@ from rouge_score import rouge_scorer
 
 from data_tools.bootstrap import bootstrap_ci
 from data_tools.schema import DataError
-from data_tools.scoring import extract_answer, math_exact_match, rouge, score_file
+from data_tools.scoring import extract_answer, is_right, math_exact_match, rouge, score_file
 from generate.score import main
 from methods.correction import CORRECTION_MARKER
 
@@ -95,6 +95,23 @@ def test_math_exact_match() -> None:
     assert not math_exact_match("I do not know.", reference)
     with pytest.raises(ValueError, match="no number in the reference"):
         math_exact_match("#### 18", "unanswerable")
+
+
+def test_is_right_by_the_tasks_scorer() -> None:
+    """Math: the final number, whatever the words; postfix: the symbols, whatever the spacing,
+    nothing written after them. Tasks without a right answer, and unreadable references, raise."""
+    assert is_right("math", "Tom has 8 coins.\n#### 8", "5+3 = <<5+3=8>>8 apples.\n#### 8")
+    assert not is_right("math", "#### 9", "#### 8")
+    assert is_right("postfix", " a  b +\nc * ", "a b + c *")
+    assert not is_right("postfix", "a b + c * d", "a b + c *")
+    assert not is_right("postfix", "a b c * +", "a b + c *")
+    for task in ("qa", "summarization"):
+        with pytest.raises(ValueError, match=f"task '{task}' has no right answer"):
+            is_right(task, "a", "a")
+    with pytest.raises(ValueError, match="no number in the reference"):
+        is_right("math", "#### 8", "unanswerable")
+    with pytest.raises(ValueError, match="no symbols in the reference"):
+        is_right("postfix", "a", " ")
 
 
 def test_bootstrap_ci() -> None:
