@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
             run_dir, *base, "--seed", str(seed), "--methods", ",".join(STARTS),
             "--dpo_after", ",".join(STARTS), *COMMON, *options, "--report_split", "test",
         )  # fmt: skip
-        answers = {m: correct(run_dir, "test", m) for m in results}
+        # the starts and their DPO (the SFT base's file is in the base run, and not compared)
+        answers = {m: correct(run_dir, "test", m) for s in STARTS for m in (s, s + DPO_SUFFIX)}
         seed_rows = {}
         for m in STARTS:
             dpo = m + DPO_SUFFIX
