@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from data_tools.atomic import write_json, write_jsonl
 from data_tools.config import parse_config
@@ -59,11 +59,9 @@ from generate.error_propagation import (
     step_lines,
     step_result,
 )
-from runtime import distributed
 from runtime.args import DataArgs, ModelArgs
-from runtime.ds_config import DTYPES, resolve_precision
-from runtime.generation import eos_ids, generate_batch, longest_first
-from runtime.modeling import load_model, load_tokenizer
+from runtime.generation import generate_batch, greedy_decoder, longest_first
+from runtime.modeling import load_tokenizer
 from runtime.plots import save
 
 OUTCOMES = ("recovered", "consistent", "derailed")
@@ -266,20 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prompts, cut = encode_prompts(tokenizer, [e.prompt for e in examples], args.max_prompt_length)
     if cut:
         print(f"{data_args.data}: {cut} prompts cut from the left", flush=True)
-    model = load_model(
-        tokenizer,
-        model_args.model_name_or_path,
-        model_args.model_config,
-        dtype=DTYPES[resolve_precision(args.precision)],
-        attn_implementation=model_args.attn_implementation,
-    )
-    # Plain greedy decoding, not a checkpoint's defaults (sampling, penalties).
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=eos_ids(model, tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model.to(distributed.device()).eval()
+    model = greedy_decoder(tokenizer, model_args, args.precision)
     inputs = contexts(tokenizer, [prompts[i] for i, _ in items], [item.prefix for _, item in items])
     judged: dict[int, dict[str, Any]] = {}
     order = longest_first([len(x) for x in inputs])

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from data_tools.atomic import write_json
 from data_tools.collate import pad_right
@@ -40,11 +40,9 @@ from data_tools.config import parse_config
 from data_tools.errors import run_tool
 from data_tools.tokenization import IGNORE_INDEX, Encoded, encode_examples
 from generate.args import GenerateArgs
-from runtime import distributed
 from runtime.args import DataArgs, ModelArgs
-from runtime.ds_config import DTYPES, resolve_precision
-from runtime.generation import eos_ids, generate_batch, longest_first
-from runtime.modeling import load_model, load_tokenizer
+from runtime.generation import eos_ids, generate_batch, greedy_decoder, longest_first
+from runtime.modeling import load_tokenizer
 from runtime.plots import exposure_bias as plot_exposure_bias
 from runtime.tracking import Tracker
 
@@ -257,20 +255,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{data_args.data}: {report.summary()}", flush=True)
     if not encoded:
         raise SystemExit(f"{data_args.data}: no examples to measure")
-    model = load_model(
-        tokenizer,
-        model_args.model_name_or_path,
-        model_args.model_config,
-        dtype=DTYPES[resolve_precision(args.precision)],
-        attn_implementation=model_args.attn_implementation,
-    )
-    # Plain greedy decoding, not a checkpoint's defaults (sampling, penalties).
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=eos_ids(model, tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model.to(distributed.device()).eval()
+    model = greedy_decoder(tokenizer, model_args, args.precision)
     order = longest_first([len(e.input_ids) for e in encoded])
     measured = []
     for start in range(0, len(order), args.batch_size):
