@@ -1,4 +1,5 @@
-"""Bootstrap confidence intervals for a mean over examples (exact match, ROUGE, win rate)."""
+"""Bootstrap confidence intervals for a mean over examples (exact match, ROUGE, win rate), and
+the paired bootstrap test of two models scored right or wrong on the same examples."""
 
 from __future__ import annotations
 
@@ -25,3 +26,27 @@ def bootstrap_ci(
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(means, [tail, 100 - tail])
     return [float(lo), float(hi)]
+
+
+def paired_bootstrap(
+    a: Sequence[bool], b: Sequence[bool], resamples: int = 10_000, seed: int = SEED
+) -> dict[str, float | list[float]]:
+    """`a`'s accuracy minus `b`'s on the same examples, its percentile interval (LEVEL) and the
+    two-sided p-value of no difference, over `resamples` resamples of the examples.
+
+    Each example's difference is -1, 0 or 1, so a resample is fixed by how many of each it
+    draws: one multinomial draw each, whatever the number of examples. The p-value is the
+    share of resampled differences, centred on the observed one, at least as far from 0 as
+    the observed difference (the bootstrap distribution shifted to the null)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need two equally long, non-empty lists, got {len(a)} and {len(b)}")
+    d = np.asarray(a, dtype=np.int64) - np.asarray(b, dtype=np.int64)
+    n = len(d)
+    counts = [np.sum(d == 1), np.sum(d == 0), np.sum(d == -1)]
+    draws = np.random.default_rng(seed).multinomial(n, np.asarray(counts) / n, size=resamples)
+    means = (draws[:, 0] - draws[:, 2]) / n
+    observed = float(d.mean())
+    tail = (1 - LEVEL) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    p = float(np.mean(np.abs(means - observed) >= abs(observed) - 1e-12))
+    return {"difference": observed, "ci": [float(lo), float(hi)], "p": p}
