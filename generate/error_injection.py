@@ -52,6 +52,7 @@ from data_tools.schema import DataError, Example
 from data_tools.scoring import extract_answer
 from data_tools.tokenization import encode_prompts, response_ids
 from generate.args import GenerateArgs
+from generate.decoding import greedy_decoder
 from generate.error_propagation import (
     Step,
     parse_step,
@@ -60,7 +61,7 @@ from generate.error_propagation import (
     step_result,
 )
 from runtime.args import DataArgs, ModelArgs
-from runtime.generation import generate_batch, greedy_decoder, longest_first
+from runtime.generation import generate_batch, longest_first
 from runtime.modeling import load_tokenizer
 from runtime.plots import save
 

@@ -40,8 +40,9 @@ from data_tools.config import parse_config
 from data_tools.errors import run_tool
 from data_tools.tokenization import IGNORE_INDEX, Encoded, encode_examples
 from generate.args import GenerateArgs
+from generate.decoding import greedy_decoder
 from runtime.args import DataArgs, ModelArgs
-from runtime.generation import eos_ids, generate_batch, greedy_decoder, longest_first
+from runtime.generation import eos_ids, generate_batch, longest_first
 from runtime.modeling import load_tokenizer
 from runtime.plots import exposure_bias as plot_exposure_bias
 from runtime.tracking import Tracker

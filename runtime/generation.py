@@ -17,7 +17,6 @@ from collections.abc import Sequence
 
 import torch
 from transformers import (
-    GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
     PreTrainedModel,
@@ -25,10 +24,6 @@ from transformers import (
 )
 
 from data_tools.collate import pad_left
-from runtime import distributed
-from runtime.args import ModelArgs
-from runtime.ds_config import DTYPES, resolve_precision
-from runtime.modeling import load_model
 
 
 def example_seed(seed: int, example_id: str) -> int:
@@ -77,27 +72,6 @@ def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[
 
 
 @torch.no_grad()
-def greedy_decoder(
-    tokenizer: PreTrainedTokenizerBase, model_args: ModelArgs, precision: str
-) -> PreTrainedModel:
-    """`model_args`' model on this rank's device, in eval mode, decoding greedily with plain
-    options rather than a checkpoint's defaults (sampling, penalties): what the diagnostics that
-    continue a model's own text measure."""
-    model = load_model(
-        tokenizer,
-        model_args.model_name_or_path,
-        model_args.model_config,
-        dtype=DTYPES[resolve_precision(precision)],
-        attn_implementation=model_args.attn_implementation,
-    )
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=eos_ids(model, tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return model.to(distributed.device()).eval()
-
-
 def generate_batch(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
