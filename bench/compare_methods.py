@@ -69,12 +69,20 @@ VARIANTS = [
 BASH_ONLY = ("--bash_rounds", "--bash_temperature")
 
 
-def pipeline(run_dir: Path, *options: str) -> dict[str, dict]:
+def pipeline(run_dir: Path, *options: str, config: str = CONFIG) -> dict[str, dict]:
     """Run (or finish) one pipeline; its results by reported model."""
-    command = [sys.executable, "-m", "pipeline", "--config", CONFIG, "--run_dir", str(run_dir)]
+    command = [sys.executable, "-m", "pipeline", "--config", config, "--run_dir", str(run_dir)]
     print(f"$ {' '.join(command[2:])} {' '.join(options)}", flush=True)
     subprocess.run([*command, *options], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     return {r["method"]: r for r in json.loads((run_dir / "results.json").read_text())}
+
+
+def scs_options(bash_options: list[str]) -> list[str]:
+    """BASH's options less those of its offline tokens (`BASH_ONLY`): SCS, the online version of
+    BASH, gets BASH's schedule, so that the two differ in the source of the model's tokens
+    alone."""
+    pairs = [bash_options[i : i + 2] for i in range(0, len(bash_options), 2)]
+    return [o for pair in pairs if pair[0] not in BASH_ONLY for o in pair]
 
 
 def slug(name: str) -> str:
@@ -105,12 +113,8 @@ def tune(out: Path) -> dict[str, tuple[str, list[str]]]:
     for name, model, em in rows:
         print(f"| {name} | {model} | {em:.3f} |")
     chosen = {model: (name, options) for model, (_, name, options) in best.items()}
-    # SCS, the online version of BASH, gets BASH's schedule: the comparison is then of the
-    # source of the model's tokens alone.
     name, (_, *options) = chosen["bash"]
-    pairs = [options[i : i + 2] for i in range(0, len(options), 2)]
-    options = [o for pair in pairs if pair[0] not in BASH_ONLY for o in pair]
-    chosen["scs"] = (name.replace("bash", "scs").split(",")[0], ["scs", *options])
+    chosen["scs"] = (name.replace("bash", "scs").split(",")[0], ["scs", *scs_options(options)])
     return chosen
 
 

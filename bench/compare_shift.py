@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.compare_dpo import mcnemar
-from bench.compare_methods import REPO, CompareArgs
+from bench.compare_methods import REPO, CompareArgs, scs_options
+from bench.compare_methods import pipeline as run_pipeline
 from data_tools.atomic import write_json
 from data_tools.bootstrap import paired_bootstrap
 from data_tools.config import parse_config
@@ -63,7 +64,6 @@ VARIANTS = [
         [*_RAC, "--rac_right_drafts", "keep", "--rac_variant", "first_divergence"],
     ),
 ]
-BASH_ONLY = ("--bash_rounds", "--bash_temperature")  # SCS makes its tokens online, by argmax
 
 
 @dataclass
@@ -86,12 +86,9 @@ class CompareShiftArgs(CompareArgs):
 
 
 def pipeline(args: CompareShiftArgs, run_dir: Path, *options: str) -> dict[str, dict]:
-    """Run (or finish) one pipeline of the family's config; its results by reported model."""
-    command = [sys.executable, "-m", "pipeline", "--config", CONFIGS[args.family]]
-    command += ["--run_dir", str(run_dir), *options, *shlex.split(args.pipeline_options)]
-    print(f"$ {' '.join(command[2:])}", flush=True)
-    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-    return {r["method"]: r for r in json.loads((run_dir / "results.json").read_text())}
+    """Run (or finish) one pipeline of the family's config, with `pipeline_options` last."""
+    extra = shlex.split(args.pipeline_options)
+    return run_pipeline(run_dir, *options, *extra, config=CONFIGS[args.family])
 
 
 def tune(args: CompareShiftArgs, base: Path) -> dict[str, tuple[str, list[str]]]:
@@ -109,9 +106,7 @@ def tune(args: CompareShiftArgs, base: Path) -> dict[str, tuple[str, list[str]]]
             best[method] = (r[method]["exact_match"], name, options)
     chosen = {method: (name, options) for method, (_, name, options) in best.items()}
     name, options = chosen["bash"]
-    pairs = [options[i : i + 2] for i in range(0, len(options), 2)]
-    scs = [o for pair in pairs if pair[0] not in BASH_ONLY for o in pair]
-    chosen["scs"] = (name.replace("bash", "scs"), scs)
+    chosen["scs"] = (name.replace("bash", "scs"), scs_options(options))
     name, options = chosen["rac"]
     chosen["rac_echo"] = (f"{name}, echo", [*options, "--rac_variant", "echo"])
     return chosen

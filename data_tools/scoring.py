@@ -198,8 +198,8 @@ def _passes(
 ) -> dict[str, Any]:
     """Self-correction's first pass scored as the final answers are (see `score_file`)."""
     for e, draft, reference in zip(examples, drafts, references, strict=True):
-        if task == "math":
-            e["first_pass_correct"] = extract_answer(draft, pick) == extract_answer(reference)
+        if task == "math":  # the reference's answer, read once by score_file
+            e["first_pass_correct"] = extract_answer(draft, pick) == e["answer"]
         else:
             e["first_pass_correct"] = postfix_match(draft, reference)["correct"]
     first = [e["first_pass_correct"] for e in examples]
@@ -256,7 +256,7 @@ def score_file(
         for e, answer, reference in zip(examples, answers, references, strict=True):
             e.update(postfix_match(answer, reference))
         summary.update(_mean_ci("edit_similarity", [e["edit_similarity"] for e in examples]))
-    if task in ("math", "postfix"):
+    if task in RIGHT_OR_WRONG:
         summary["correct"] = sum(e["correct"] for e in examples)
         summary.update(_mean_ci("exact_match", [float(e["correct"]) for e in examples]))
         if marker and any(marker in r["generation"] for r in rows):

@@ -11,6 +11,7 @@ final answer; postfix: its symbols; `is_right`): a wrong one makes a correction 
 the reference), a right one a keep (the target is the draft again). Token equality made every
 draft of a small model a correction (right answers in other words too) and taught it to always
 rewrite.
+
 Why the draft again and not a fixed "keep" text: inference scores what follows the marker
 (`data_tools.scoring.final_answer_text`), so a repeated right draft stays right, scorer unchanged.
 The loss is on the marker, the target and the EOS only: never on the prompt, nor on the draft,
