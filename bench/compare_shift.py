@@ -6,28 +6,35 @@ split and on the shifted ones.
     python -m bench.compare_shift --family postfix  [--seeds 0,1,2,3,4]
 
 1. Tuning on the validation split, from seed 0's SFT base: the BASH and RAC variants of
-   `VARIANTS`; the best of each by validation exact match. No shifted split is evaluated here.
+   `VARIANTS`, then the best BASH variant with 2 rounds; the best of each by validation exact
+   match, a tie going to the simpler (earlier) one. No shifted split is evaluated here.
 2. The test splits, touched once: per seed its own SFT base (the config's task, data and model
    with that seed), and from it every arm for the same steps, batch and examples; every model
-   on the test split and on the config's `eval_splits`.
+   on the test split and on the config's `eval_splits`; seed 0's models also get the family's
+   `DIAGNOSTICS` (pipeline stages).
 3. Per arm against SFT continued, per split: the per-seed difference with the exact McNemar test
    on the same problems, and a paired bootstrap over every (seed, problem); RAC's first and
-   second pass; for math, induced against propagated errors (`generate.error_propagation`) of
-   seed 0's models.
+   second pass with the flips; BASH's and SCS's changed fraction; the cost; seed 0's
+   diagnostics.
 
-Every run is a `pipeline` run, so a rerun skips what is finished; `--pipeline_options` adds
-options to every run (e.g. fewer steps for a smoke run). Prints markdown for bench/RESULTS.md
-and writes <output_dir>/summary.json.
+A session's machine keeps no runs, so the study spans sessions through `results_dir` (in the
+repository): the tuning's choice and each seed's per-problem answers are written there as they
+finish, and a later invocation reads them instead of running again (a record made under another
+config or `pipeline_options` is refused). Every run is a `pipeline` run, so a rerun on the same
+machine also skips what is finished; `--pipeline_options` adds options to every run (e.g. fewer
+steps for a smoke run). Prints markdown for bench/RESULTS.md and writes
+<output_dir>/summary.json.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import mean
+from typing import Any
 
 from bench.compare_dpo import mcnemar
 from bench.compare_methods import REPO, CompareArgs, scs_options
@@ -40,6 +47,11 @@ from data_tools.scoring import score_file
 from methods.correction import CORRECTION_MARKER
 
 CONFIGS = {"math": "configs/shift_math.yaml", "postfix": "configs/shift_postfix.yaml"}
+# Seed 0's models get these (the math's step diagnostics do not parse postfix).
+DIAGNOSTICS = {
+    "math": "exposure_bias,error_propagation,error_injection",
+    "postfix": "exposure_bias",
+}
 # Variants tried on validation, (name, method, pipeline options), every option spelled out.
 _BASH = ["--ss_schedule", "constant", "--bash_rounds", "1"]
 _RAC = ["--rac_mix", "0.25"]
@@ -64,6 +76,8 @@ VARIANTS = [
         [*_RAC, "--rac_right_drafts", "keep", "--rac_variant", "first_divergence"],
     ),
 ]
+VALIDATION_ONLY = ["--report_split", "validation", "--eval_splits", ""]
+TWO_ROUNDS = ["--bash_rounds", "2"]  # tried on the best BASH variant (later options win)
 
 
 @dataclass
@@ -77,12 +91,25 @@ class CompareShiftArgs(CompareArgs):
     pipeline_options: str = field(
         default="", metadata={"help": "more pipeline options for every run, as one string"}
     )
+    results_dir: str = field(
+        default="",
+        metadata={
+            "help": "the tuning's choice and each seed's answers, kept across sessions "
+            "(default bench/results/shift_<family>)"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.family not in CONFIGS:
             raise ValueError(f"family must be one of {', '.join(CONFIGS)}, got {self.family!r}")
         self.output_dir = self.output_dir or f"bench_runs/shift_{self.family}"
+        self.results_dir = self.results_dir or str(REPO / "bench/results" / f"shift_{self.family}")
+
+    def stamp(self) -> str:
+        """What the records depend on: the family's config and the extra pipeline options."""
+        text = (REPO / CONFIGS[self.family]).read_text() + "\0" + self.pipeline_options
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def pipeline(args: CompareShiftArgs, run_dir: Path, *options: str) -> dict[str, dict]:
@@ -91,124 +118,215 @@ def pipeline(args: CompareShiftArgs, run_dir: Path, *options: str) -> dict[str, 
     return run_pipeline(run_dir, *options, *extra, config=CONFIGS[args.family])
 
 
-def tune(args: CompareShiftArgs, base: Path) -> dict[str, tuple[str, list[str]]]:
-    """Each method's best variant on validation (seed 0's base); SCS gets BASH's schedule."""
-    best: dict[str, tuple[float, str, list[str]]] = {}
-    print("\n| variant | validation exact match |\n|---|---:|")
-    for name, method, options in VARIANTS:
-        run_dir = Path(args.output_dir) / "validation" / name.replace(" ", "_")
+def load(path: Path, stamp: str) -> dict[str, Any] | None:
+    """A finished record, or None; one made under another config is refused."""
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    if record["stamp"] != stamp:
+        raise ValueError(
+            f"{path}: made under another config or pipeline_options (stamp {record['stamp']}, "
+            f"now {stamp}); move the folder away to run the study again"
+        )
+    return record
+
+
+def tune(args: CompareShiftArgs, base: Path) -> dict[str, Any]:
+    """Each method's best variant on validation (seed 0's base), BASH's with 1 or 2 rounds; SCS
+    gets BASH's schedule, RAC-echo RAC's options."""
+    table, best = [], {}
+
+    def trial(name: str, method: str, options: list[str]) -> None:
+        run_dir = Path(args.output_dir) / "validation" / name.replace(" ", "_").replace(",", "")
         r = pipeline(
             args, run_dir, "--base_dir", str(base), "--seed", "0", "--methods", method,
-            "--report_split", "validation", "--eval_splits", "", *options,
+            *VALIDATION_ONLY, *options,
         )  # fmt: skip
-        print(f"| {name} | {r[method]['exact_match']:.3f} |")
-        if method not in best or r[method]["exact_match"] > best[method][0]:
-            best[method] = (r[method]["exact_match"], name, options)
+        score = r[method]["exact_match"]
+        table.append({"variant": name, "exact_match": score})
+        print(f"| {name} | {score:.3f} |", flush=True)
+        if method not in best or score > best[method][0]:
+            best[method] = (score, name, options)
+
+    print("\n| variant | validation exact match |\n|---|---:|")
+    for name, method, options in VARIANTS:
+        trial(name, method, options)
+    _, name, options = best["bash"]
+    trial(f"{name}, 2 rounds", "bash", [*options, *TWO_ROUNDS])
     chosen = {method: (name, options) for method, (_, name, options) in best.items()}
     name, options = chosen["bash"]
     chosen["scs"] = (name.replace("bash", "scs"), scs_options(options))
     name, options = chosen["rac"]
     chosen["rac_echo"] = (f"{name}, echo", [*options, "--rac_variant", "echo"])
-    return chosen
+    return {"stamp": args.stamp(), "validation": table, "chosen": chosen}
 
 
-def correct(path: Path, task: str) -> list[bool]:
+def answers(path: Path, task: str) -> tuple[str, dict[str, Any]]:
+    """Each problem's correctness as a string of 0s and 1s, and the scorer's summary."""
     scores = score_file(path, task, CORRECTION_MARKER)
-    return [e["correct"] for e in scores["examples"]]
+    bits = "".join("1" if e["correct"] else "0" for e in scores["examples"])
+    return bits, scores["summary"]
+
+
+def changed_fraction(run_dir: Path) -> float | None:
+    """The mean share of the context BASH or SCS changed, over every step of every round."""
+    values = [
+        row["train/changed_fraction"]
+        for metrics in sorted(run_dir.glob("**/metrics.jsonl"))
+        for row in map(json.loads, metrics.open())
+        if "train/changed_fraction" in row
+    ]
+    return mean(values) if values else None
+
+
+def diagnostics(root: Path, model: str, splits: list[str]) -> dict[str, Any]:
+    """The diagnostics a run wrote for one model: per split, induced against propagated errors;
+    on the test split, the exposure-bias curve's final cumulative gaps and the injection's
+    outcome rates per step."""
+    out: dict[str, Any] = {}
+    for split in splits:
+        path = root / "diagnostics" / split / model / "error_propagation/error_propagation.json"
+        if path.exists():
+            r = json.loads(path.read_text())
+            out[f"error_propagation/{split}"] = {
+                "after_an_error": r["after_an_error"]["rate"],
+                "no_earlier_error": r["no_earlier_error"]["rate"],
+                "exposure_bias": r["exposure_bias"],
+            }
+    path = root / "diagnostics/test" / model / "exposure_bias/exposure_bias.json"
+    if path.exists():
+        gap = json.loads(path.read_text())["gap"]
+        out["exposure_bias"] = {k: gap[f"cumulative_{k}"][-1] for k in ("accuracy", "loss")}
+    path = root / "diagnostics/test" / model / "error_injection/error_injection.json"
+    if path.exists():
+        per_step = json.loads(path.read_text())["per_step"]
+        out["error_injection"] = {str(s["step"]): s["rates"] for s in per_step}
+    return out
+
+
+def run_seed(args: CompareShiftArgs, seed: int, chosen: dict[str, Any]) -> dict[str, Any]:
+    """One seed's base and arms, run (or finished), then read back into a record: each model's
+    answers per split, RAC's passes, the changed fraction, the cost and (seed 0) diagnostics."""
+    out = Path(args.output_dir) / "test" / f"seed{seed}"
+    extra = ["--diagnostics", DIAGNOSTICS[args.family]] if seed == 0 else []
+    base = out / "base"
+    pipeline(args, base, "--seed", str(seed), "--methods", "", *extra)
+    record: dict[str, Any] = {"stamp": args.stamp(), "seed": seed, "models": {}}
+    for arm, (_, options) in {"sft": ("", []), **chosen}.items():
+        method = "rac" if arm == "rac_echo" else arm
+        run_dir = out / arm
+        results = pipeline(
+            args, run_dir, "--base_dir", str(base), "--seed", str(seed), "--methods", method,
+            *options, *extra,
+        )  # fmt: skip
+        splits = ["test", *results[method]["splits"]]
+        models = {arm: (run_dir, method)}
+        if method == "rac":
+            models[f"{arm}_self_correct"] = (run_dir, "rac_self_correct")
+        if arm == "sft":
+            models["sft_base"] = (base, "sft_base")
+        for name, (root, model) in models.items():
+            entry: dict[str, Any] = {"answers": {}, "passes": {}}
+            for split in splits:
+                bits, summary = answers(root / "eval" / split / f"{model}.jsonl", args.family)
+                entry["answers"][split] = bits
+                if "right_to_wrong" in summary:
+                    keys = ("first_pass_exact_match", "right_to_wrong", "wrong_to_right")
+                    entry["passes"][split] = {k: summary[k] for k in keys}
+            if model in results:
+                cost = ("trained_tokens", "forward_sequences")
+                entry["cost"] = {k: results[model][k] for k in cost}
+            entry["changed_fraction"] = changed_fraction(root / model)
+            entry["diagnostics"] = diagnostics(root, model, splits)
+            record["models"][name] = entry
+    return record
+
+
+def rate(bits: str) -> float:
+    return bits.count("1") / len(bits)
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per split, each model against SFT continued over the seeds' records; printed as markdown."""
+    seeds = [r["seed"] for r in records]
+    models = list(records[0]["models"])
+    summary: dict[str, Any] = {"seeds": seeds, "splits": {}}
+    for split in records[0]["models"]["sft"]["answers"]:
+        print(f"\n### {split} (seeds {', '.join(map(str, seeds))}): against SFT continued\n")
+        print("| model | exact match per seed | difference per seed (McNemar p) | ", end="")
+        print("pooled difference [95%], p |\n|---|---|---|---|")
+        baseline = [r["models"]["sft"]["answers"][split] for r in records]
+        rows = {}
+        for model in models:
+            per_seed = [r["models"][model]["answers"][split] for r in records]
+            ems = [rate(bits) for bits in per_seed]
+            row: dict[str, Any] = {"exact_match": ems}
+            cells = "(baseline) | "
+            if model != "sft":
+                a = [[c == "1" for c in bits] for bits in per_seed]
+                b = [[c == "1" for c in bits] for bits in baseline]
+                tests = [mcnemar(x, y) for x, y in zip(a, b, strict=True)]
+                diffs = [e - rate(bits) for e, bits in zip(ems, baseline, strict=True)]
+                pooled = paired_bootstrap(sum(a, []), sum(b, []))
+                row |= {"difference": diffs, "mcnemar": tests, "pooled": pooled}
+                lo, hi = pooled["ci"]
+                cells = ", ".join(
+                    f"{d:+.3f} ({t[2]:.3f})" for d, t in zip(diffs, tests, strict=True)
+                )
+                cells += (
+                    f" | {pooled['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], p {pooled['p']:.4f}"
+                )
+            print(f"| {model} | {', '.join(f'{e:.3f}' for e in ems)} | {cells} |")
+            rows[model] = row
+        summary["splits"][split] = rows
+
+    print("\n### Per model, mean over the seeds\n")
+    print("| model | changed fraction | first pass (test) | right->wrong | wrong->right | ", end="")
+    print("trained tokens | forward sequences |\n|---|---:|---:|---:|---:|---:|---:|")
+    for model in models:
+        entries = [r["models"][model] for r in records]
+        cells = []
+        changed = [e["changed_fraction"] for e in entries if e["changed_fraction"] is not None]
+        cells.append(f"{mean(changed):.3f}" if changed else "-")
+        passes = [e["passes"]["test"] for e in entries if "test" in e["passes"]]
+        for key in ("first_pass_exact_match", "right_to_wrong", "wrong_to_right"):
+            cells.append(f"{mean(p[key] for p in passes):.3g}" if passes else "-")
+        for key in ("trained_tokens", "forward_sequences"):
+            costs = [e["cost"][key] for e in entries if "cost" in e]
+            cells.append(f"{mean(costs):,.0f}" if costs else "-")
+        print(f"| {model} | " + " | ".join(cells) + " |")
+
+    first = next((r for r in records if r["seed"] == 0), None)
+    if first is not None:
+        summary["diagnostics"] = {m: e["diagnostics"] for m, e in first["models"].items()}
+        print("\n### Diagnostics, seed 0\n")
+        print(json.dumps(summary["diagnostics"], indent=1))
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:
     (args,) = parse_config((CompareShiftArgs,), argv)
-    out, seeds = Path(args.output_dir), args.seed_list()
-    bases = {s: out / "test" / f"seed{s}" / "base" for s in seeds}
-    base0 = bases.get(0, out / "test" / "seed0" / "base")
-    pipeline(args, base0, "--seed", "0", "--methods", "")  # seed 0's base: tuning starts there
-    chosen = tune(args, base0)
-    print("\nChosen: " + "; ".join(f"{m}: {name}" for m, (name, _) in chosen.items()))
+    out, results, stamp = Path(args.output_dir), Path(args.results_dir), args.stamp()
+    base0 = out / "test" / "seed0" / "base"
+    tuning = load(results / "tuning.json", stamp)
+    if tuning is None:
+        # Seed 0's base, where tuning starts, evaluated on validation only (the test splits wait).
+        pipeline(args, base0, "--seed", "0", "--methods", "", *VALIDATION_ONLY)
+        tuning = tune(args, base0)
+        write_json(results / "tuning.json", tuning)
+    chosen = tuning["chosen"]
+    print("\nChosen: " + "; ".join(f"{m}: {name}" for m, (name, _) in chosen.items()), flush=True)
 
-    # The test splits: per seed its base, then every arm from it.
-    splits: list[str] = []
-    answers: dict[str, dict[str, list[list[bool]]]] = {}  # split -> arm -> per seed
-    runs: dict[int, dict[str, Path]] = {}
-    for seed in seeds:
-        pipeline(args, bases[seed], "--seed", str(seed), "--methods", "")
-        runs[seed] = {}
-        for arm, (_, options) in {"sft": ("", []), **chosen}.items():
-            method = "rac" if arm == "rac_echo" else arm
-            run_dir = out / "test" / f"seed{seed}" / arm
-            results = pipeline(
-                args, run_dir, "--base_dir", str(bases[seed]), "--seed", str(seed),
-                "--methods", method, *options,
-            )  # fmt: skip
-            runs[seed][arm] = run_dir
-            splits = ["test", *results[method]["splits"]]
-            for split in splits:
-                files = {arm: run_dir / "eval" / split / f"{method}.jsonl"}
-                if method == "rac":
-                    files[f"{arm}_self_correct"] = (
-                        run_dir / "eval" / split / "rac_self_correct.jsonl"
-                    )
-                for name, path in files.items():
-                    task = args.family
-                    answers.setdefault(split, {}).setdefault(name, []).append(correct(path, task))
-
-    summary: dict = {"chosen": {m: name for m, (name, _) in chosen.items()}, "splits": {}}
-    for split in splits:
-        print(f"\n### {split} (seeds {args.seeds}): each arm against SFT continued\n")
-        print("| arm | exact match per seed | difference per seed (McNemar p) | ", end="")
-        print("pooled difference [95%], p |")
-        print("|---|---|---|---|")
-        baseline = answers[split]["sft"]
-        rows = {}
-        for arm, per_seed in answers[split].items():
-            ems = [sum(x) / len(x) for x in per_seed]
-            row = {"exact_match": ems}
-            cells = ""
-            if arm != "sft":
-                tests = [mcnemar(a, b) for a, b in zip(per_seed, baseline, strict=True)]
-                diffs = [e - sum(b) / len(b) for e, b in zip(ems, baseline, strict=True)]
-                pooled = paired_bootstrap(
-                    [x for seed in per_seed for x in seed], [x for seed in baseline for x in seed]
-                )
-                row |= {"difference": diffs, "mcnemar": tests, "pooled": pooled}
-                cells = ", ".join(
-                    f"{d:+.3f} ({t[2]:.3f})" for d, t in zip(diffs, tests, strict=True)
-                )
-                lo, hi = pooled["ci"]
-                cells += (
-                    f" | {pooled['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], p {pooled['p']:.4f}"
-                )
-            else:
-                cells = "(baseline) | "
-            print(f"| {arm} | {', '.join(f'{e:.3f}' for e in ems)} | {cells} |")
-            rows[arm] = row
-        summary["splits"][split] = rows
-
-    if args.family == "math" and 0 in runs:
-        print("\n### Induced against propagated errors (seed 0, every split)\n")
-        print(
-            "| arm, split | P(local error \\| an earlier one) | P(local error \\| none) | ", end=""
-        )
-        print("difference |")
-        print("|---|---:|---:|---:|")
-        summary["error_propagation"] = {}
-        for arm, run_dir in runs[0].items():
-            method = "rac" if arm == "rac_echo" else arm
-            for split in splits:
-                result_dir = run_dir / "error_propagation" / split
-                if not (result_dir / "error_propagation.json").exists():
-                    command = ["-m", "generate.error_propagation", "--output_dir", str(result_dir)]
-                    command += ["--generations", str(run_dir / "eval" / split / f"{method}.jsonl")]
-                    subprocess.run(
-                        [sys.executable, *command], cwd=REPO, check=True, stdout=subprocess.DEVNULL
-                    )
-                r = json.loads((result_dir / "error_propagation.json").read_text())
-                rates = (r["after_an_error"]["rate"], r["no_earlier_error"]["rate"])
-                summary["error_propagation"][f"{arm}/{split}"] = r
-                cells = [f"{x:.3f}" if x is not None else "-" for x in rates]
-                gap = r["exposure_bias"]
-                cells.append(f"{gap:+.3f}" if gap is not None else "-")
-                print(f"| {arm}, {split} | " + " | ".join(cells) + " |")
+    records = []
+    for seed in args.seed_list():
+        path = results / f"seed{seed}.json"
+        record = load(path, stamp)
+        if record is None:
+            record = run_seed(args, seed, chosen)
+            write_json(path, record)
+        print(f"seed {seed}: {path}", flush=True)
+        records.append(record)
+    summary = {"chosen": {m: name for m, (name, _) in chosen.items()}, **summarise(records)}
     write_json(out / "summary.json", summary)
 
 

@@ -62,6 +62,7 @@ class PipelineArgs:
     # Options of the stages, forwarded to them; their defaults are the stages' own.
     max_length: int = DataArgs.max_length
     max_new_tokens: int = GenerateArgs.max_new_tokens
+    max_prompt_length: int = GenerateArgs.max_prompt_length
     report_split: str = field(
         default="test",
         metadata={
@@ -82,6 +83,20 @@ class PipelineArgs:
     max_eval_examples: int = field(
         default=TrainArgs.max_eval_examples,
         metadata={"help": "validation examples of each training's eval loss"},
+    )
+    diagnostics: str = field(
+        default="",
+        metadata={
+            "help": "diagnostics of every evaluated model, each a stage: exposure_bias (the "
+            "report split), error_propagation (every evaluated split, from its generations) and "
+            "error_injection (the report split, at steps 1-3); the last two for task math"
+        },
+    )
+    diagnostic_examples: int = field(
+        default=200,
+        metadata={
+            "help": "the first N of the report split that exposure_bias and error_injection use"
+        },
     )
     # The model: a pretrained one, or a new one from a config with a tokenizer trained on the data.
     model_name_or_path: str | None = None
@@ -173,6 +188,9 @@ class PipelineArgs:
 
     def eval_split_list(self) -> list[str]:
         return _names(self.eval_splits)
+
+    def diagnostic_list(self) -> list[str]:
+        return _names(self.diagnostics)
 
     def shifted_step_list(self) -> list[str]:
         return _names(self.shifted_steps)

@@ -6,7 +6,8 @@ is the same plan: a stage is done when its output exists.
 
 The base stages (task, tokenizer, the SFT model every method starts from) come first, then one
 stage-builder per method (`METHODS`), each returning the model it trained, then DPO from the
-models of the methods in `dpo_after` (`dpo_stages`), then the evaluations.
+models of the methods in `dpo_after` (`dpo_stages`), then the evaluations and the diagnostics
+of every evaluated model.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from data_tools.postfix import SPLITS as POSTFIX_SPLITS
 from data_tools.synthetic_math import step_ranges
 from pipeline.args import PipelineArgs
 
+DIAGNOSTICS = ("exposure_bias", "error_propagation", "error_injection")
+MATH_DIAGNOSTICS = ("error_propagation", "error_injection")  # they parse the math task's steps
 DPO_SUFFIX = "+dpo"  # the model "<method>+dpo": DPO from the method's model
 GENERATORS = {"math": "data_tools.synthetic_math", "postfix": "data_tools.postfix"}  # by task
 
@@ -121,6 +124,7 @@ class Builder:
             "generate",
             ["--model_name_or_path", str(model), "--data", str(split), "--task", a.task]
             + ["--output", str(out), "--max_new_tokens", str(a.max_new_tokens)]
+            + ["--max_prompt_length", str(a.max_prompt_length)]
             + ["--max_length", str(a.max_length), "--seed", str(a.seed)]
             + [*self.tracking(name), *extra],
             out,
@@ -333,15 +337,21 @@ METHODS: dict[str, Callable[[Builder], Path]] = {
 }
 
 
+def base_models(b: Builder) -> dict[str, Path]:
+    """The models every run evaluates beside its methods': the SFT base, and a pretrained start
+    (its zero-shot row)."""
+    models = {"sft_base": b.sft}
+    if b.args.model_name_or_path:
+        models = {"pretrained": Path(b.args.model_name_or_path), **models}
+    return models
+
+
 def evaluation_stages(b: Builder, models: dict[str, Path]) -> dict[str, dict[str, Path]]:
-    """Every model greedy on the report split and on each of eval_splits (a pretrained start
-    too: its zero-shot row), RAC also drafting then correcting; with wandb, each evaluation
-    scored into its own run. The generation files by split, then by model."""
+    """Every model greedy on the report split and on each of eval_splits (the base models too),
+    RAC also drafting then correcting; with wandb, each evaluation scored into its own run. The
+    generation files by split, then by model."""
     a = b.args
     limit = ["--limit", str(a.report_examples)] if a.report_examples else []
-    base_models = {"sft_base": b.sft}
-    if a.model_name_or_path:
-        base_models = {"pretrained": Path(a.model_name_or_path), **base_models}
     evaluations = {}
     for name in (a.report_split, *a.eval_split_list()):
         split = b.splits[name]
@@ -353,7 +363,7 @@ def evaluation_stages(b: Builder, models: dict[str, Path]) -> dict[str, dict[str
                 b.base / "eval" / name / f"{model}.jsonl",
                 *limit,
             )
-            for model, path in base_models.items()
+            for model, path in base_models(b).items()
         }
         for method, model in models.items():
             on_split[method] = b.generate(
@@ -385,6 +395,52 @@ def evaluation_stages(b: Builder, models: dict[str, Path]) -> dict[str, dict[str
     return evaluations
 
 
+def diagnostic_stages(
+    b: Builder, models: dict[str, Path], evaluations: dict[str, dict[str, Path]]
+) -> None:
+    """The `diagnostics` of every evaluated model, each written beside its evaluations
+    (`<run>/diagnostics/<split>/<model>/<diagnostic>/`): error_propagation reads every evaluated
+    split's generations (the self-correcting RAC's too); exposure_bias and error_injection run
+    the model on the first `diagnostic_examples` of the report split."""
+    a = b.args
+    wanted = a.diagnostic_list()
+    if "error_propagation" in wanted:
+        for split, on_split in evaluations.items():
+            for model, generations in on_split.items():
+                out = generations.parent.parent.parent / "diagnostics" / split / model
+                out /= "error_propagation"
+                b.add(
+                    f"error_propagation_{split}_{model}",
+                    "generate.error_propagation",
+                    ["--generations", str(generations), "--output_dir", str(out)],
+                    out / "error_propagation.json",
+                )
+    split = b.splits[a.report_split]
+    on_data = ["--data", str(split), "--task", a.task, "--limit", str(a.diagnostic_examples)]
+    on_data += ["--max_length", str(a.max_length)]
+    for model, path in (base_models(b) | models).items():
+        root = evaluations[a.report_split][model].parent.parent.parent
+        out = root / "diagnostics" / a.report_split / model
+        if "exposure_bias" in wanted:
+            b.add(
+                f"exposure_bias_{model}",
+                "generate.exposure_bias",
+                ["--model_name_or_path", str(path), *on_data]
+                + ["--output_dir", str(out / "exposure_bias")],
+                out / "exposure_bias" / "exposure_bias.json",
+            )
+        if "error_injection" in wanted:
+            b.add(
+                f"error_injection_{model}",
+                "generate.error_injection",
+                ["--model_name_or_path", str(path), *on_data, "--inject_at", "1,2,3"]
+                + ["--max_new_tokens", str(a.max_new_tokens), "--seed", str(a.seed)]
+                + ["--max_prompt_length", str(a.max_prompt_length)]
+                + ["--output_dir", str(out / "error_injection")],
+                out / "error_injection" / "error_injection.json",
+            )
+
+
 def generated_splits(args: PipelineArgs) -> list[str]:
     """The splits the task's generator writes (the synthetic math's shifted ones included)."""
     if args.task == "postfix":
@@ -398,6 +454,14 @@ def check_task(args: PipelineArgs) -> None:
     makes the data) splits the generator does not write."""
     if args.task not in GENERATORS:
         raise ValueError(f"task {args.task!r}: the pipeline runs the tasks {list(GENERATORS)}")
+    if unknown := set(args.diagnostic_list()) - set(DIAGNOSTICS):
+        raise ValueError(f"unknown diagnostics {sorted(unknown)}; known: {list(DIAGNOSTICS)}")
+    if args.task != "math" and (
+        math_only := [d for d in args.diagnostic_list() if d in MATH_DIAGNOSTICS]
+    ):
+        raise ValueError(
+            f"diagnostics {math_only}: they read the synthetic math's steps (task math)"
+        )
     if args.shifted_steps and (args.task != "math" or args.data_dir):
         raise ValueError("shifted_steps: an option of the synthetic math (task math, no data_dir)")
     extra = args.eval_split_list()
@@ -430,5 +494,6 @@ def build_plan(args: PipelineArgs) -> Plan:
     models = {method: METHODS[method](b) for method in args.method_list()}
     models |= dpo_stages(b, models)
     evaluations = evaluation_stages(b, models)
+    diagnostic_stages(b, models, evaluations)
     report = evaluations.pop(args.report_split)
     return Plan(b.run, b.base, tuple(b.stages), report, evaluations)

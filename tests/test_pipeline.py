@@ -1,5 +1,5 @@
-"""The whole comparison on a tiny configuration, every method and DPO after RAC, one process a
-stage: killed once its first generation stage is done, then rerun, it redoes nothing that was
+"""The whole comparison on a tiny configuration, every method and DPO after RAC, every diagnostic,
+one process a stage: killed once its first generation stage is done, then rerun, it redoes nothing that was
 finished and completes the report; a third run has nothing to do. (Stages under the `deepspeed`
 launcher: tests/test_signals.py and, on two nodes, tests/test_slurm.py.)"""
 
@@ -27,6 +27,9 @@ TINY = [
     # A length-shifted split of 8 problems, every model evaluated on it too (a report column).
     *("--synthetic_sizes", "train=300,validation=24,test=24,shifted_size=8"),
     *("--shifted_steps", "6-7", "--eval_splits", "test_6to7"),
+    # Every diagnostic a stage of every evaluated model.
+    *("--diagnostics", "exposure_bias,error_propagation,error_injection"),
+    *("--diagnostic_examples", "4"),
 ]
 FINISHED_BEFORE_KILL = {
     "data": "data/difficulty.json",
@@ -98,6 +101,19 @@ def test_pipeline_resumes_after_kill(tmp_path: Path) -> None:
     assert table.startswith("| method | exact match | test_6to7 | trained tokens |")
     # Every stage ran exactly once over the two runs: its time was recorded once and kept.
     assert set(FINISHED_BEFORE_KILL) <= set(json.loads(timings.read_text()))
+
+    # The diagnostics: of every model on every split, from the report split's first 4 problems.
+    for split in ("test", "test_6to7"):
+        for model in results:
+            out = run_dir / "diagnostics" / split / model / "error_propagation"
+            propagation = json.loads((out / "error_propagation.json").read_text())
+            assert propagation["generations"] == str(run_dir / "eval" / split / f"{model}.jsonl")
+    for model in set(results) - {"rac_self_correct"}:
+        out = run_dir / "diagnostics/test" / model
+        curve = json.loads((out / "exposure_bias/exposure_bias.json").read_text())
+        assert curve["examples"] == 4
+        injection = json.loads((out / "error_injection/error_injection.json").read_text())
+        assert [s["step"] for s in injection["per_step"]] == [1, 2, 3]
 
     # DPO's cost from the SFT base: RAC's, then the pairs, the reference and DPO's own steps.
     dpo, rac = results["rac+dpo"], results["rac"]

@@ -10,9 +10,13 @@ from pathlib import Path
 import pytest
 
 from data_tools.config import parse_config
+from generate.error_injection import InjectionArgs
+from generate.error_propagation import ErrorPropagationArgs
+from generate.exposure_bias import ExposureArgs
 from pipeline.args import PipelineArgs
 from pipeline.plan import Stage, build_plan
 from pipeline.report import report, wall_time
+from runtime.args import DataArgs, ModelArgs
 
 
 def plan_of(*argv: str):
@@ -244,3 +248,49 @@ def test_the_report_scores_by_the_task_and_has_a_column_per_extra_split(tmp_path
     assert header.startswith("| method | exact match | test_long | trained tokens |")
     assert line.startswith("| pretrained | 0.500 (1/2) | 0.500 (2/4) | 0 |")
     assert line in capsys.readouterr().out
+
+
+def test_diagnostics_are_stages_of_every_evaluated_model_with_their_tools_options() -> None:
+    plan = plan_of(
+        *("--shifted_steps", "10", "--eval_splits", "test_10", "--diagnostic_examples", "50"),
+        *("--diagnostics", "exposure_bias,error_propagation,error_injection"),
+        *("--max_prompt_length", "128"),
+    )
+    stages = {s.name: s for s in plan.stages}
+    run, models = plan.run_dir, ["sft_base", "sft", "bash", "rac", "scs"]
+    for split, evaluations in (("test", plan.evaluations), *plan.split_evaluations.items()):
+        for model, generations in evaluations.items():  # rac_self_correct's too
+            stage = stages[f"error_propagation_{split}_{model}"]
+            (parsed,) = parse_config((ErrorPropagationArgs,), list(stage.args))
+            assert parsed.generations == str(generations)
+            assert stage.after == (f"eval_{split}_{model}",)
+            out = run / "diagnostics" / split / model / "error_propagation"
+            assert stage.output == out / "error_propagation.json"
+    for model in models:
+        for tool, kind in ((ExposureArgs, "exposure_bias"), (InjectionArgs, "error_injection")):
+            stage = stages[f"{kind}_{model}"]
+            model_args, data_args, args = parse_config(
+                (ModelArgs, DataArgs, tool), list(stage.args)
+            )
+            assert data_args.data == str(run / "data/test.jsonl") and data_args.limit == 50
+            assert args.output_dir == str(run / "diagnostics/test" / model / kind)
+            assert stage.output == Path(args.output_dir) / f"{kind}.json"
+            trained_by = (
+                "sft_base" if model == "sft_base" else {"bash": "bash_round1"}.get(model, model)
+            )
+            assert trained_by in stage.after
+        assert args.step_list() == [1, 2, 3] and args.max_prompt_length == 128
+    assert options(stages["eval_test_10_sft"])["--max_prompt_length"] == "128"
+    assert "exposure_bias_rac_self_correct" not in stages  # the same model as rac's
+    assert len({s.output for s in plan.stages}) == len(plan.stages)
+    assert not any("diagnostics" in str(s.output) for s in plan_of().stages)  # off by default
+
+
+def test_unknown_or_math_only_diagnostics_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"unknown diagnostics \['loss'\]"):
+        plan_of("--diagnostics", "exposure_bias,loss")
+    with pytest.raises(ValueError, match=r"diagnostics \['error_injection'\]: .*task math"):
+        plan_of("--task", "postfix", "--diagnostics", "exposure_bias,error_injection")
+    assert "exposure_bias_sft" in {
+        s.name for s in plan_of("--task", "postfix", "--diagnostics", "exposure_bias").stages
+    }

@@ -1,0 +1,71 @@
+"""The study's records (bench/compare_shift.py): a record made under another config is refused,
+and the summary pools the seeds' per-problem answers into the paired tests it prints."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from bench.compare_dpo import mcnemar
+from bench.compare_shift import CompareShiftArgs, load, summarise
+from data_tools.bootstrap import paired_bootstrap
+
+
+def bits(rng: random.Random, p: float, n: int = 60) -> str:
+    return "".join("1" if rng.random() < p else "0" for _ in range(n))
+
+
+def record(seed: int) -> dict:
+    rng = random.Random(seed)
+    models = {}
+    for model, p in (("sft", 0.5), ("bash", 0.6), ("rac", 0.55), ("sft_base", 0.45)):
+        models[model] = {
+            "answers": {"test": bits(rng, p), "test_10": bits(rng, p / 2)},
+            "passes": {
+                "test": {"first_pass_exact_match": 0.5, "right_to_wrong": 3, "wrong_to_right": 5}
+            }
+            if model == "rac"
+            else {},
+            "cost": {"trained_tokens": 1000 * (seed + 1), "forward_sequences": 10},
+            "changed_fraction": 0.1 if model == "bash" else None,
+            "diagnostics": {},
+        }
+    return {"stamp": "x", "seed": seed, "models": models}
+
+
+def test_a_record_of_another_config_is_refused(tmp_path) -> None:
+    args = CompareShiftArgs(results_dir=str(tmp_path))
+    path = tmp_path / "seed0.json"
+    assert load(path, args.stamp()) is None
+    path.write_text(json.dumps(record(0) | {"stamp": args.stamp()}))
+    assert load(path, args.stamp())["seed"] == 0
+    other = CompareShiftArgs(results_dir=str(tmp_path), pipeline_options="--sft_steps 5")
+    assert other.stamp() != args.stamp()
+    with pytest.raises(ValueError, match=r"seed0\.json: made under another config"):
+        load(path, other.stamp())
+
+
+def test_the_summary_pools_the_seeds_against_sft_continued(capsys) -> None:
+    records = [record(0), record(1), record(2)]
+    summary = summarise(records)
+    assert summary["seeds"] == [0, 1, 2]
+    for split in ("test", "test_10"):
+        row = summary["splits"][split]["bash"]
+        a = [[c == "1" for c in r["models"]["bash"]["answers"][split]] for r in records]
+        b = [[c == "1" for c in r["models"]["sft"]["answers"][split]] for r in records]
+        assert row["exact_match"] == [sum(x) / 60 for x in a]
+        assert row["difference"] == pytest.approx(
+            [(sum(x) - sum(y)) / 60 for x, y in zip(a, b, strict=True)]
+        )
+        assert [tuple(t) for t in row["mcnemar"]] == [
+            mcnemar(x, y) for x, y in zip(a, b, strict=True)
+        ]
+        assert row["pooled"] == paired_bootstrap(sum(a, []), sum(b, []))
+        assert "difference" not in summary["splits"][split]["sft"]
+    printed = capsys.readouterr().out
+    assert "### test_10 (seeds 0, 1, 2): against SFT continued" in printed
+    assert "| bash | 0.100 | - | - | - | 2,000 | 10 |" in printed  # changed fraction, cost
+    assert "| rac | - | 0.5 | 3 | 5 |" in printed
+    assert "Diagnostics, seed 0" in printed
