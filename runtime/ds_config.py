@@ -11,6 +11,12 @@ from typing import Any
 import torch
 from deepspeed.accelerator import get_accelerator
 
+# transformers' "auto" gradient bucket is hidden_size² elements; for a small model that is smaller
+# than one weight (128² against 128 x 384), so ZeRO-2 reduces, averages and copies every
+# parameter on its own: 39 of each per step for the 1M tiny-llama, 7% of a step on one process
+# (profiled, bench/RESULTS.md). 4M elements (16 MB in fp32, twice with overlap_comm) hold a small
+# model whole; from hidden_size 2048 on, the hidden_size² rule is unchanged.
+MIN_REDUCE_BUCKET = 2**22
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -99,7 +105,7 @@ def fill_ds_config(
         _settle(section, "enabled", precision == name, path, f"precision is {precision}; {change}")
     zero = config.setdefault("zero_optimization", {"stage": 0})
     auto_sizes = {
-        "reduce_bucket_size": hidden_size * hidden_size,
+        "reduce_bucket_size": max(hidden_size * hidden_size, MIN_REDUCE_BUCKET),
         "stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
         "stage3_param_persistence_threshold": 10 * hidden_size,
     }

@@ -50,7 +50,7 @@ def test_train_dry_run_prints_the_plan_and_writes_nothing(root):
     result = run("train", [*args, "--save_every", "2", "--dry_run", "true"], WORLD_SIZE="2")
     text = result.stdout
     assert not out.exists()
-    assert '"train_batch_size": 16' in text and '"reduce_bucket_size": 4096' in text
+    assert '"train_batch_size": 16' in text and '"reduce_bucket_size": 4194304' in text
     assert "global batch: micro 4 x accumulation 2 x world 2 = 16 sequences" in text
     assert "steps: 2 per epoch, 4 in all" in text  # 40 examples // 16, over 2 epochs
     for path in ("checkpoints/step_2/", "checkpoints/step_4/", "export/", "metrics.jsonl"):

@@ -79,3 +79,15 @@ def test_precision_auto_is_fp32_on_cpu():
     assert resolve_precision("auto") == "fp32"
     with pytest.raises(ConfigError, match="precision must be one of"):
         resolve_precision("fp8")
+
+
+def test_the_auto_gradient_bucket_holds_a_small_model_whole_and_is_hidden_squared_when_large():
+    def bucket(hidden_size: int) -> int:
+        run = RUN | {"hidden_size": hidden_size}
+        config = fill_ds_config("ds_configs/zero2.json", precision="fp32", **run)
+        return config["zero_optimization"]["reduce_bucket_size"]
+
+    # The 1M tiny-llama (hidden 128) has about 1M parameters: one bucket, not one per weight.
+    assert bucket(128) == 2**22 > 1_000_000
+    assert bucket(2048) == 2048 * 2048 == 2**22
+    assert bucket(4096) == 4096 * 4096  # transformers' rule for the models it was made for
