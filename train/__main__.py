@@ -47,7 +47,8 @@ from data_tools.collate import pad_right
 from data_tools.config import parse_config
 from data_tools.errors import run_tool
 from data_tools.packing import pack_batch
-from data_tools.preferences import sequences
+from data_tools.preferences import EncodedPair, sequences
+from data_tools.token_store import TokenStore
 from methods.dpo import PAIR_STATS, pair_metrics, pair_stats
 from methods.scheduled_sampling import (
     interleave,
@@ -109,6 +110,15 @@ def evaluate(engine, run: TrainSetup, micro_batch_size: int, pad_id: int) -> dic
     )
 
 
+def _batch_counts(train_set: TokenStore | list[EncodedPair], indices: list[int]) -> tuple[int, int]:
+    """The trained tokens and all tokens of a global batch; a store's from its columns, without
+    rebuilding the batch's examples on every rank."""
+    if isinstance(train_set, TokenStore):
+        return train_set.counts(indices)
+    batch = sequences([train_set[i] for i in indices])
+    return sum(e.num_trained for e in batch), sum(len(e.input_ids) for e in batch)
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop the rows a resumed run is about to redo (those logged after its checkpoint), and a
     last line cut short by a crash while it was appended (with a warning). Any other line that
@@ -149,8 +159,8 @@ def main() -> None:
     )
     ds_config = fill_for_run(args, world, precision, model_config.hidden_size)
 
-    # Data: tokenized once per rank, in the same order on every rank.
-    run = setup(model_args, data_args, args, world)
+    # Data: tokenized once per node into the run's folder, mapped by every rank, in one order.
+    run = setup(model_args, data_args, args, world, cache=output_dir / "tokenized")
     tokenizer, train_set, eval_set, plan = run.tokenizer, run.train_set, run.eval_set, run.plan
     schedule, predictions, total_steps = run.schedule, run.predictions, run.total_steps
 
@@ -232,7 +242,7 @@ def main() -> None:
     for step in progress:
         started = time.perf_counter()
         batch_ids = plan.global_indices(step)
-        trained_tokens = sum(train_set[i].num_trained for i in batch_ids)
+        trained_tokens, tokens = _batch_counts(train_set, batch_ids)
         # loss, tokens replaced, sequences through a forward pass (SCS: twice), ranks signalled,
         # tokens changed (replaced by a token other than the reference's)
         stats = torch.zeros(5, dtype=torch.float64, device=engine.device)
@@ -281,7 +291,6 @@ def main() -> None:
         dist.all_reduce(stats)
         if run.dpo:
             dist.all_reduce(pairs)
-        tokens = sum(len(e.input_ids) for e in sequences([train_set[i] for i in batch_ids]))
         metrics = pair_metrics(pairs, "train") if run.dpo else {"train/loss": stats[0].item()}
         metrics |= {
             "train/lr": lr,
