@@ -4,6 +4,7 @@ under a key of what decides the tokens, and read back by every rank."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from data_tools import token_store
 from data_tools.atomic import atomic_dir
-from data_tools.schema import Example
+from data_tools.schema import DataError, Example
 from data_tools.synthetic_math import Difficulty, make_splits
 from data_tools.token_store import (
     TokenStore,
@@ -23,6 +24,7 @@ from data_tools.token_store import (
 from data_tools.tokenization import IGNORE_INDEX, Encoded, TruncationReport, encode_examples
 from runtime.args import DataArgs
 from runtime.distributed import free_port
+from runtime.forked import run_forked
 from tests.launch import REPO, env
 from train import setup as train_setup
 
@@ -145,10 +147,11 @@ def write_data(path: Path, rows: list[dict]) -> str:
 def test_the_cache_is_built_once_and_keyed_by_what_decides_the_tokens(
     tokenizer, rows, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    tokenized = []
+    log = tmp_path / "tokenized.log"  # written by the forked child that tokenizes
 
     def counting(*args, **kwargs):
-        tokenized.append(1)
+        with log.open("a") as f:
+            f.write("tokenized\n")
         return encode_in_chunks(*args, **kwargs)
 
     monkeypatch.setattr(train_setup, "encode_in_chunks", counting)
@@ -158,7 +161,7 @@ def test_the_cache_is_built_once_and_keyed_by_what_decides_the_tokens(
     first = train_setup.encode(tokenizer, data_args, cache=cache)
     printed = capsys.readouterr().out
     again = train_setup.encode(tokenizer, data_args, cache=cache)
-    assert tokenized == [1] and capsys.readouterr().out == printed
+    assert log.read_text() == "tokenized\n" and capsys.readouterr().out == printed
     assert "skipped as too long" in printed and str(cache) in printed
     assert list(first) == list(again)
     examples = data_args.load()
@@ -175,7 +178,7 @@ def test_the_cache_is_built_once_and_keyed_by_what_decides_the_tokens(
     write_data(tmp_path / "train.jsonl", rows[:-1])
     changed = train_setup.encode(tokenizer, data_args, cache=cache)
     assert changed.summary.startswith("59 examples")
-    assert len(tokenized) == 6 and len(list(cache.iterdir())) == 6
+    assert len(log.read_text().split()) == 6 and len(list(cache.iterdir())) == 6
 
 
 DISTRIBUTED = """
@@ -220,3 +223,29 @@ def test_two_ranks_tokenize_once_and_share_the_store(tokenizer, rows, tmp_path: 
     assert log.read_text() == "0\n"
     seen = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
     assert seen[0] == seen[1] and seen[0][:2] == [str(len(rows)), "memmap"]
+
+
+def test_a_data_error_in_the_forked_tokenizer_reaches_the_run(tokenizer, rows, tmp_path) -> None:
+    """The store is written by a forked child; its refusal of the data is raised in the run as
+    the same DataError (naming the example's line), and nothing is cached."""
+    data, cache = write_data(tmp_path / "train.jsonl", rows), tmp_path / "tokenized"
+    with pytest.raises(DataError, match=r"train.jsonl:1: field 'prompt'") as error:
+        train_setup.encode(tokenizer, DataArgs(data, max_length=100, overlong="error"), cache=cache)
+    assert error.value.field_name == "prompt"
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+class Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("no")
+
+
+def test_run_forked_raises_what_the_child_raised() -> None:
+    def unpicklable() -> None:
+        raise Unpicklable("lost type")
+
+    with pytest.raises(RuntimeError, match="Unpicklable: lost type"):
+        run_forked(unpicklable)
+    with pytest.raises(RuntimeError, match="ended without a word"):
+        run_forked(lambda: os._exit(3))
+    run_forked(lambda: None)

@@ -31,6 +31,7 @@ from methods.scheduled_sampling import SamplingSchedule, load_predictions
 from runtime import distributed
 from runtime.args import DataArgs, ModelArgs
 from runtime.fingerprint import model_fingerprint, tokenizer_fingerprint
+from runtime.forked import run_forked
 from runtime.modeling import load_tokenizer
 from train.batches import BatchPlan
 
@@ -108,7 +109,8 @@ def encode(
             if not folder.is_dir():  # else made by an earlier start of this run
                 write_store(folder, *tokenized(), len(tokenizer), key)
 
-        distributed.on_local_main(build)
+        # In a child, so that the texts and lists it passes through leave with it.
+        distributed.on_local_main(lambda: run_forked(build))
         encoded = TokenStore.open(folder)
         summary = f"{encoded.summary} (tokens in {folder})"
     if distributed.is_main():
