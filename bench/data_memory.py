@@ -4,15 +4,16 @@ store (after), with 1 and 2 processes.
     python -m bench.data_memory [--examples 100000] [--max_length 512]
 
 Before, every rank tokenizes the whole set with `encode_examples` and holds Python lists; after,
-`train.setup.encode` with a cache folder: local rank 0 tokenizes into the store while the other
-waits, then both map it. Each rank is its own process (a gloo group, as `train` on CPU): it loads
+`train.setup.encode` with a cache folder: local rank 0 tokenizes into the store (in a forked
+child) while the other waits, then both map it; restart, the same again with the store already
+on disk (a resumed run). Each rank is its own process (a gloo group, as `train` on CPU): it loads
 the tokenizer, measures its memory, builds the data (timed), reads every example once (as a run
 does, touching every page), waits for the others and measures again. The data's memory is the
 growth of USS (pages this process alone holds) and of PSS (shared pages split among the
-processes that map them) over the measure before; peak RSS is the process's high-water mark.
-Token bytes are the store's token array (the ids at their smallest width). The synthetic math
-task gives the examples, a 512-token tokenizer trained on it tokenizes them. Prints a markdown
-snippet for bench/RESULTS.md.
+processes that map them) over the measure before; peak RSS is the process's high-water mark,
+and its child's that of the forked tokenizer. Token bytes are the store's token array (the ids
+at their smallest width). The synthetic math task gives the examples, a 512-token tokenizer
+trained on it tokenizes them. Prints a markdown snippet for bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from runtime.distributed import free_port
 from runtime.modeling import load_tokenizer
 from train.setup import encode
 
-PATHS = ("before", "after")
+PATHS = ("before", "after", "restart")  # restart: after, its store found on disk
 MIB = 2**20
 
 
@@ -53,7 +54,7 @@ class DataMemoryArgs:
     max_length: int = 512
     processes: str = field(default="1,2", metadata={"help": "process counts to run"})
     worker: str | None = field(
-        default=None, metadata={"help": "internal: run one rank of path before or after"}
+        default=None, metadata={"help": "internal: run one rank of this path"}
     )
     folder: str | None = field(default=None, metadata={"help": "internal: the worker's files"})
 
@@ -69,6 +70,11 @@ def _memory() -> dict[str, int]:
     return {"rss": info.rss, "uss": info.uss, "pss": info.pss}
 
 
+def _children_peak() -> int:
+    """The peak RSS of the largest child waited for so far (import-time tools included)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+
+
 def worker(args: DataMemoryArgs) -> None:
     """One rank: its measures written to `<folder>/<path>-<world>-<rank>.json`."""
     folder = Path(args.folder)
@@ -78,7 +84,7 @@ def worker(args: DataMemoryArgs) -> None:
     data_args = DataArgs(str(folder / "data" / "train.jsonl"), max_length=args.max_length)
     gc.collect()
     dist.barrier()
-    base = _memory()
+    base, children = _memory(), _children_peak()
     start = time.perf_counter()
     if args.worker == "before":
         data, _ = encode_examples(tokenizer, data_args.load(), args.max_length)
@@ -94,9 +100,11 @@ def worker(args: DataMemoryArgs) -> None:
         "seconds": seconds,
         "tokens": tokens,
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        # the forked child that tokenized the store, if this rank started one
+        "child_peak_rss": _children_peak() if _children_peak() > children else None,
         "base": base,
         "held": held,
-        "token_bytes": data.token_bytes if args.worker == "after" else None,
+        "token_bytes": None if args.worker == "before" else data.token_bytes,
     }
     (folder / f"{args.worker}-{world}-{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
@@ -147,17 +155,18 @@ def main(argv: list[str] | None = None) -> None:
         f"{machine()}; torch {torch.__version__}; {args.examples} synthetic math examples, "
         f"{tokens:,} tokens (max_length {args.max_length}); token bytes "
         f"{token_bytes / MIB:.1f} MiB (uint16).\n",
-        "| path | processes | rank | tokenization s | peak RSS MiB | USS growth MiB "
-        "| PSS growth MiB | PSS growth / token bytes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| path | processes | rank | data ready s | peak RSS MiB | its child's peak MiB "
+        "| USS growth MiB | PSS growth MiB | PSS growth / token bytes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (path, world), ranks in results.items():
         for rank, r in enumerate(ranks):
             uss = (r["held"]["uss"] - r["base"]["uss"]) / MIB
             pss = r["held"]["pss"] - r["base"]["pss"]
+            child = f"{r['child_peak_rss'] / MIB:.0f}" if r["child_peak_rss"] else "-"
             lines.append(
                 f"| {path} | {world} | {rank} | {r['seconds']:.1f} | {r['peak_rss'] / MIB:.0f} "
-                f"| {uss:.1f} | {pss / MIB:.1f} | {pss / token_bytes:.2f} |"
+                f"| {child} | {uss:.1f} | {pss / MIB:.1f} | {pss / token_bytes:.2f} |"
             )
     for world in worlds:
         before, after = results["before", world], results["after", world]
@@ -165,10 +174,11 @@ def main(argv: list[str] | None = None) -> None:
             r["held"]["pss"] - r["base"]["pss"] for r in after
         )
         seconds = max(r["seconds"] for r in before) / max(r["seconds"] for r in after)
+        restart = max(r["seconds"] for r in results["restart", world])
         lines.append(
             f"\n{world} process(es): the data's memory (PSS growth, all ranks) before / after = "
             f"**{memory:.1f}x**; time until every rank has its data, before / after = "
-            f"**{seconds:.2f}x**."
+            f"**{seconds:.2f}x**; a restart has it in {restart:.1f} s."
         )
     print("\n".join(lines))
 

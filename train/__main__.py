@@ -27,9 +27,11 @@ follow one curve.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -119,6 +121,15 @@ def _batch_counts(train_set: TokenStore | list[EncodedPair], indices: list[int])
     return sum(e.num_trained for e in batch), sum(len(e.input_ids) for e in batch)
 
 
+def _remove_new(folder: Path, known: set[Path]) -> None:
+    """Remove what this start added to `folder` (its token stores), and `folder` if it made it."""
+    with contextlib.suppress(OSError):  # the other ranks are removing them too
+        for path in set(folder.iterdir()) - known:
+            shutil.rmtree(path, ignore_errors=True)
+        if not known:
+            folder.rmdir()
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop the rows a resumed run is about to redo (those logged after its checkpoint), and a
     last line cut short by a crash while it was appended (with a warning). Any other line that
@@ -160,7 +171,9 @@ def main() -> None:
     ds_config = fill_for_run(args, world, precision, model_config.hidden_size)
 
     # Data: tokenized once per node into the run's folder, mapped by every rank, in one order.
-    run = setup(model_args, data_args, args, world, cache=output_dir / "tokenized")
+    stores = output_dir / "tokenized"
+    known_stores = set(stores.iterdir()) if stores.is_dir() else set()
+    run = setup(model_args, data_args, args, world, cache=stores)
     tokenizer, train_set, eval_set, plan = run.tokenizer, run.train_set, run.eval_set, run.plan
     schedule, predictions, total_steps = run.schedule, run.predictions, run.total_steps
 
@@ -168,9 +181,13 @@ def main() -> None:
     # checkpoint to resume is verified (and refused if saved with other options) before any
     # weights are loaded; one of another world size is converted first, which needs the config.
     identity = checkpoint.run_identity(model_args, data_args, args, run) if rank == 0 else {}
-    resume_from = (
-        checkpoint.resume_tag(ckpt_dir, world, ds_config, identity) if args.resume else None
-    )
+    try:
+        resume_from = (
+            checkpoint.resume_tag(ckpt_dir, world, ds_config, identity) if args.resume else None
+        )
+    except Exception:  # a refused resume leaves the run's folder as it was
+        _remove_new(stores, known_stores)
+        raise
 
     # Model, optimizer and schedule, wrapped by the DeepSpeed engine.
     # Under ZeRO-3, this makes from_pretrained load each weight straight into its partition. A

@@ -107,10 +107,10 @@ def encode(
 
         def build() -> None:
             if not folder.is_dir():  # else made by an earlier start of this run
-                write_store(folder, *tokenized(), len(tokenizer), key)
+                # In a child, so that the texts and lists it passes through leave with it.
+                run_forked(lambda: write_store(folder, *tokenized(), len(tokenizer), key))
 
-        # In a child, so that the texts and lists it passes through leave with it.
-        distributed.on_local_main(lambda: run_forked(build))
+        distributed.on_local_main(build)
         encoded = TokenStore.open(folder)
         summary = f"{encoded.summary} (tokens in {folder})"
     if distributed.is_main():
