@@ -39,7 +39,7 @@ COLUMNS = {
     "ids": "uint8",
     "id_lengths": "int32",
 }
-META = "meta.json"  # written last: a folder without it was never finished
+META = "meta.json"  # the dtype, the truncation summary and the key's options; written last
 
 
 def token_dtype(vocab_size: int) -> str:

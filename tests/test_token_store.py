@@ -189,7 +189,7 @@ from runtime.args import DataArgs
 from runtime.modeling import load_tokenizer
 from train import setup
 
-tokenizer_path, data, cache, log = sys.argv[-4:]  # after --local_rank
+tokenizer_path, data, cache, log, max_length = sys.argv[-5:]  # after --local_rank
 rank, world = distributed.init()
 real = setup.encode_in_chunks
 def counting(*args, **kwargs):
@@ -197,21 +197,15 @@ def counting(*args, **kwargs):
         f.write(f"{rank}\\n")
     return real(*args, **kwargs)
 setup.encode_in_chunks = counting
-store = setup.encode(load_tokenizer(tokenizer_path), DataArgs(data, max_length=160), cache=Path(cache))
+store = setup.encode(load_tokenizer(tokenizer_path), DataArgs(data, max_length=int(max_length)), cache=Path(cache))
 digest = hashlib.sha256(json.dumps([vars(e) for e in store]).encode()).hexdigest()
 Path(log).with_name(f"rank{rank}.txt").write_text(f"{len(store)} {type(store.tokens).__name__} {digest}")
 """
 
 
-def test_two_ranks_tokenize_once_and_share_the_store(tokenizer, rows, tmp_path: Path) -> None:
-    """Under the launcher, local rank 0 tokenizes while rank 1 waits; both map the same files."""
-    tokenizer.save_pretrained(tmp_path / "tokenizer")
-    script, log = tmp_path / "encode.py", tmp_path / "tokenized.log"
-    script.write_text(DISTRIBUTED)
-    data = write_data(tmp_path / "train.jsonl", rows)
+def launch(script: Path, *args: str) -> subprocess.CompletedProcess:
     launcher = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), str(script)]
-    args = [str(tmp_path / "tokenizer"), data, str(tmp_path / "cache"), str(log)]
-    result = subprocess.run(
+    return subprocess.run(
         [*launcher, *args],
         cwd=REPO,
         env=env(PYTHONPATH=str(REPO)),
@@ -219,10 +213,27 @@ def test_two_ranks_tokenize_once_and_share_the_store(tokenizer, rows, tmp_path: 
         text=True,
         timeout=600,
     )
+
+
+def test_two_ranks_tokenize_once_and_share_the_store(tokenizer, rows, tmp_path: Path) -> None:
+    """Under the launcher, local rank 0 tokenizes while rank 1 waits; both map the same files.
+    Data that local rank 0 refuses stops both ranks, with its error, rather than rank 1 waiting
+    forever."""
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    script, log = tmp_path / "encode.py", tmp_path / "tokenized.log"
+    script.write_text(DISTRIBUTED)
+    data = write_data(tmp_path / "train.jsonl", rows)
+    args = [str(tmp_path / "tokenizer"), data, str(tmp_path / "cache"), str(log)]
+    result = launch(script, *args, "160")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert log.read_text() == "0\n"
     seen = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
     assert seen[0] == seen[1] and seen[0][:2] == [str(len(rows)), "memmap"]
+
+    result = launch(script, *args, "100")  # some responses leave no room for their prompt
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "a local rank 0 failed: DataError: " in output and "leave no room" in output
 
 
 def test_a_data_error_in_the_forked_tokenizer_reaches_the_run(tokenizer, rows, tmp_path) -> None:
