@@ -1,7 +1,7 @@
 """Tokenized examples held as token arrays, written once per node and memory-mapped by its ranks.
 
-Lists of Python ints take about 36 bytes a token (ids and labels), and every rank used to
-tokenize the whole dataset and hold its own copy. A store keeps all the tokens in one array
+As `Encoded` lists (ids and labels), a token takes about 120 bytes (bench/data_memory.py), and
+every rank used to tokenize the whole dataset and hold its own copy. A store keeps all the tokens in one array
 (uint16 when the vocabulary fits, else int32) and, per example, its length and how many leading
 positions are masked: labels are always `[IGNORE_INDEX] * masked + input_ids[masked:]` (the
 prompt; its first token only with `loss_on` "all"; RAC's prompt and draft), so they take no
