@@ -61,6 +61,8 @@ class DataMemoryArgs:
     def __post_init__(self) -> None:
         if self.examples < 1:
             raise ValueError(f"examples must be at least 1, got {self.examples}")
+        if not all(n.isdigit() and int(n) >= 1 for n in self.processes.split(",")):
+            raise ValueError(f"processes must be integers >= 1, got {self.processes!r}")
         if self.worker not in (None, *PATHS):
             raise ValueError(f"worker must be one of {PATHS}, got {self.worker!r}")
 
