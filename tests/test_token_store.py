@@ -22,6 +22,7 @@ from data_tools.token_store import (
     write_store,
 )
 from data_tools.tokenization import IGNORE_INDEX, Encoded, TruncationReport, encode_examples
+from methods.correction import encode_correction
 from runtime.args import DataArgs
 from runtime.distributed import free_port
 from runtime.forked import run_forked
@@ -260,3 +261,14 @@ def test_run_forked_raises_what_the_child_raised() -> None:
     with pytest.raises(RuntimeError, match="ended without a word"):
         run_forked(lambda: os._exit(3))
     run_forked(lambda: None)
+
+
+def test_rac_samples_are_held_as_made(tokenizer, examples) -> None:
+    """RAC masks prompt and draft: the same form, one longer masked prefix."""
+    drafts = [None, [], *(tokenizer(e.response)["input_ids"][1:9] for e in examples[2:])]
+    samples = [
+        encode_correction(tokenizer, e, d, 160) for e, d in zip(examples, drafts, strict=True)
+    ]
+    store = build_store(samples, lambda: "rac", len(tokenizer))
+    assert list(store) == samples
+    assert store.counts(range(len(samples)))[0] == sum(s.num_trained for s in samples)
