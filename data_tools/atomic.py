@@ -81,14 +81,25 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None
 
 
 @contextmanager
-def atomic_dir(path: str | os.PathLike):
-    """Yield a temporary folder beside `path`; it becomes `path` only if the block succeeds."""
+def atomic_dir(path: str | os.PathLike, keep_existing: bool = False):
+    """Yield a temporary folder beside `path`; it becomes `path` only if the block succeeds.
+    With `keep_existing`, a `path` that another writer published meanwhile is kept and this
+    folder dropped: for content named by its own hash, which writers on several nodes of a shared
+    file system may build at once while readers already use the first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         tmp.chmod(0o777 & ~_umask())
         yield tmp
+        if keep_existing:
+            try:
+                tmp.rename(path)  # fails on a folder that is there and not empty
+            except OSError:
+                if not path.is_dir():
+                    raise
+                shutil.rmtree(tmp)
+            return
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -37,6 +37,7 @@ from data_tools.sources import (
     row_id,
     text_field,
 )
+from data_tools.token_store import TokenStore
 from data_tools.tokenization import (
     IGNORE_INDEX,
     OVERLONG_POLICIES,
@@ -149,9 +150,11 @@ class EncodedPair:
         return h.hexdigest()[:16]
 
 
-def sequences(items: Sequence[Encoded | EncodedPair]) -> list[Encoded]:
+def sequences(items: Sequence[Encoded | EncodedPair]) -> Sequence[Encoded]:
     """The training sequences of `items`: each pair's chosen and rejected in turn, an example's
-    own."""
+    own; a store's are itself (not rebuilt all at once)."""
+    if isinstance(items, TokenStore):
+        return items
     out = []
     for item in items:
         out += [item.chosen, item.rejected] if isinstance(item, EncodedPair) else [item]

@@ -17,6 +17,10 @@ class DataError(ValueError):
         at = f"{where}: field '{field_name}'" if field_name else where
         super().__init__(f"{at}: {problem}")
 
+    def __reduce__(self) -> tuple:
+        """Pickled by its parts, so that it crosses a process boundary (a forked tokenizer's)."""
+        return DataError, (self.where, self.field_name, self.problem)
+
 
 @dataclass(frozen=True)
 class Example:

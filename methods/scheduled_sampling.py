@@ -255,7 +255,7 @@ def teacher_forced_predictions(
 
 
 def load_predictions(
-    path: str, train_set: list[Encoded], tokenizer_fp: str, model_fp: str, vocab_size: int
+    path: str, train_set: Sequence[Encoded], tokenizer_fp: str, model_fp: str, vocab_size: int
 ) -> dict[str, list[int]]:
     """The model's token at every response position of every training example, by id.
 
@@ -266,7 +266,7 @@ def load_predictions(
     `vocab_size` (a float would be cut to an int, an id out of the vocabulary would crash the
     run at the step that draws it).
     """
-    by_id = {e.id: e for e in train_set}
+    position = {e.id: i for i, e in enumerate(train_set)}  # not every example held at once
     out: dict[str, list[int]] = {}
     seen: dict[str, str] = {}
     for where, row in jsonl_objects(path):
@@ -278,9 +278,9 @@ def load_predictions(
                 where, "predictions", "missing (neither predictions nor generation_ids)"
             )
         tokens = token_ids(row[field], where, field, vocab_size)
-        example = by_id.get(row_id)
-        if example is None:
+        if row_id not in position:
             continue  # predictions for examples this run does not train on
+        example = train_set[position[row_id]]
         if field == "generation_ids":
             tokens = align_free_running(example, tokens)
         if len(tokens) != len(response_positions(example)):
@@ -290,5 +290,5 @@ def load_predictions(
                 f"{len(tokens)} tokens for {len(response_positions(example))} response positions",
             )
         out[row_id] = tokens
-    check_covered(path, seen, out, [e.id for e in train_set], "predictions")
+    check_covered(path, seen, out, list(position), "predictions")
     return out

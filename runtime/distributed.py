@@ -125,3 +125,23 @@ def on_main(fn: Callable[[], None]) -> None:
         raise error
     if message[0] is not None:
         raise RuntimeError(f"rank 0 failed: {message[0]}")
+
+
+def on_local_main(fn: Callable[[], None]) -> None:
+    """Run `fn` on each node's local rank 0, the other ranks waiting: work whose result the
+    processes of a node share through its disk (the tokenized data). If it raises on any node,
+    every rank raises (the others with that node's message)."""
+    error, message = None, None
+    if not dist.is_initialized() or int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        try:
+            fn()
+        except Exception as e:
+            error, message = e, f"{type(e).__name__}: {e}"
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        messages: list[str | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(messages, message)
+        failed = next((m for m in messages if m is not None), None)
+        if error is None and failed is not None:
+            raise RuntimeError(f"a local rank 0 failed: {failed}")
+    if error is not None:
+        raise error

@@ -8,6 +8,7 @@ import pytest
 from bench.bash_vs_scs import BashVsScsArgs
 from bench.compare_dpo import CompareDPOArgs
 from bench.compare_shift import CompareShiftArgs
+from bench.data_memory import DataMemoryArgs
 from bench.gpu_check import GpuCheckArgs
 
 
@@ -20,6 +21,8 @@ from bench.gpu_check import GpuCheckArgs
         (lambda: BashVsScsArgs(epochs="1,0"), "epochs must be integers >= 1"),
         (lambda: BashVsScsArgs(epochs="two"), "epochs must be integers >= 1"),
         (lambda: BashVsScsArgs(examples=8), r"examples \(8\) must fill one micro-batch \(16\)"),
+        (lambda: DataMemoryArgs(processes="1,0"), "processes must be integers >= 1"),
+        (lambda: DataMemoryArgs(examples=0), "examples must be at least 1, got 0"),
         (lambda: GpuCheckArgs(output="o.json", size="7b"), "size must be one of"),
         (lambda: GpuCheckArgs(output="o.json", precision="fp16"), "fp16 is not measured"),
         (lambda: GpuCheckArgs(output="o.json", steps=0), "steps must be at least 1, got 0"),

@@ -53,7 +53,13 @@ def test_train_dry_run_prints_the_plan_and_writes_nothing(root):
     assert '"train_batch_size": 16' in text and '"reduce_bucket_size": 4194304' in text
     assert "global batch: micro 4 x accumulation 2 x world 2 = 16 sequences" in text
     assert "steps: 2 per epoch, 4 in all" in text  # 40 examples // 16, over 2 epochs
-    for path in ("checkpoints/step_2/", "checkpoints/step_4/", "export/", "metrics.jsonl"):
+    for path in (
+        "tokenized/",
+        "checkpoints/step_2/",
+        "checkpoints/step_4/",
+        "export/",
+        "metrics.jsonl",
+    ):
         assert f"{out}/{path}" in text
     assert "wandb" not in text  # no wandb_project
     assert "model states per rank:" in text and "master" in text

@@ -27,9 +27,11 @@ follow one curve.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -47,7 +49,8 @@ from data_tools.collate import pad_right
 from data_tools.config import parse_config
 from data_tools.errors import run_tool
 from data_tools.packing import pack_batch
-from data_tools.preferences import sequences
+from data_tools.preferences import EncodedPair, sequences
+from data_tools.token_store import TokenStore
 from methods.dpo import PAIR_STATS, pair_metrics, pair_stats
 from methods.scheduled_sampling import (
     interleave,
@@ -109,6 +112,24 @@ def evaluate(engine, run: TrainSetup, micro_batch_size: int, pad_id: int) -> dic
     )
 
 
+def _batch_counts(train_set: TokenStore | list[EncodedPair], indices: list[int]) -> tuple[int, int]:
+    """The trained tokens and all tokens of a global batch; a store's from its columns, without
+    rebuilding the batch's examples on every rank."""
+    if isinstance(train_set, TokenStore):
+        return train_set.counts(indices)
+    batch = sequences([train_set[i] for i in indices])
+    return sum(e.num_trained for e in batch), sum(len(e.input_ids) for e in batch)
+
+
+def _remove_new(folder: Path, known: set[Path]) -> None:
+    """Remove what this start added to `folder` (its token stores), and `folder` if it made it."""
+    with contextlib.suppress(OSError):  # the other ranks are removing them too
+        for path in set(folder.iterdir()) - known:
+            shutil.rmtree(path, ignore_errors=True)
+        if not known:
+            folder.rmdir()
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop the rows a resumed run is about to redo (those logged after its checkpoint), and a
     last line cut short by a crash while it was appended (with a warning). Any other line that
@@ -149,8 +170,10 @@ def main() -> None:
     )
     ds_config = fill_for_run(args, world, precision, model_config.hidden_size)
 
-    # Data: tokenized once per rank, in the same order on every rank.
-    run = setup(model_args, data_args, args, world)
+    # Data: tokenized once per node into the run's folder, mapped by every rank, in one order.
+    stores = output_dir / "tokenized"
+    known_stores = set(stores.iterdir()) if stores.is_dir() else set()
+    run = setup(model_args, data_args, args, world, cache=stores)
     tokenizer, train_set, eval_set, plan = run.tokenizer, run.train_set, run.eval_set, run.plan
     schedule, predictions, total_steps = run.schedule, run.predictions, run.total_steps
 
@@ -158,9 +181,13 @@ def main() -> None:
     # checkpoint to resume is verified (and refused if saved with other options) before any
     # weights are loaded; one of another world size is converted first, which needs the config.
     identity = checkpoint.run_identity(model_args, data_args, args, run) if rank == 0 else {}
-    resume_from = (
-        checkpoint.resume_tag(ckpt_dir, world, ds_config, identity) if args.resume else None
-    )
+    try:
+        resume_from = (
+            checkpoint.resume_tag(ckpt_dir, world, ds_config, identity) if args.resume else None
+        )
+    except Exception:  # a refused resume leaves the run's folder as it was
+        _remove_new(stores, known_stores)
+        raise
 
     # Model, optimizer and schedule, wrapped by the DeepSpeed engine.
     # Under ZeRO-3, this makes from_pretrained load each weight straight into its partition. A
@@ -232,7 +259,7 @@ def main() -> None:
     for step in progress:
         started = time.perf_counter()
         batch_ids = plan.global_indices(step)
-        trained_tokens = sum(train_set[i].num_trained for i in batch_ids)
+        trained_tokens, tokens = _batch_counts(train_set, batch_ids)
         # loss, tokens replaced, sequences through a forward pass (SCS: twice), ranks signalled,
         # tokens changed (replaced by a token other than the reference's)
         stats = torch.zeros(5, dtype=torch.float64, device=engine.device)
@@ -281,7 +308,6 @@ def main() -> None:
         dist.all_reduce(stats)
         if run.dpo:
             dist.all_reduce(pairs)
-        tokens = sum(len(e.input_ids) for e in sequences([train_set[i] for i in batch_ids]))
         metrics = pair_metrics(pairs, "train") if run.dpo else {"train/loss": stats[0].item()}
         metrics |= {
             "train/lr": lr,

@@ -91,7 +91,8 @@ def plan_train(model_args: ModelArgs, data_args: DataArgs, args: Any) -> dict[st
     if args.resume and latest.exists():
         start = int(latest.read_text().strip().removeprefix("step_"))
         notes.append(f"resumes from {ckpt / latest.read_text().strip()}")
-    paths = [f"{ckpt}/step_{s}/" for s in saves if s > start] + [str(latest)]
+    paths = [f"{out / 'tokenized'}/"]  # the examples as token arrays, kept for a restart
+    paths += [f"{ckpt}/step_{s}/" for s in saves if s > start] + [str(latest)]
     if args.keep_last_checkpoints:
         notes.append(f"checkpoints older than the newest {args.keep_last_checkpoints} are deleted")
     if args.export:

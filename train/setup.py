@@ -8,20 +8,30 @@ the data exactly alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from data_tools.preferences import EncodedPair, encode_pairs
-from data_tools.tokenization import Encoded, encode_examples
+from data_tools.token_store import (
+    TokenStore,
+    build_store,
+    encode_in_chunks,
+    file_digest,
+    store_key,
+    write_store,
+)
+from data_tools.tokenization import Encoded, TruncationReport
 from methods.correction import encode_correction, read_draft_ids
 from methods.dpo import DPO, ReferenceLogps, load_reference_logps
 from methods.scheduled_sampling import SamplingSchedule, load_predictions
 from runtime import distributed
 from runtime.args import DataArgs, ModelArgs
 from runtime.fingerprint import model_fingerprint, tokenizer_fingerprint
+from runtime.forked import run_forked
 from runtime.modeling import load_tokenizer
 from train.batches import BatchPlan
 
@@ -29,8 +39,8 @@ from train.batches import BatchPlan
 @dataclass(frozen=True)
 class TrainSetup:
     tokenizer: PreTrainedTokenizerBase
-    train_set: list[Encoded] | list[EncodedPair]  # pairs in mode dpo
-    eval_set: list[Encoded] | list[EncodedPair]
+    train_set: TokenStore | list[EncodedPair]  # pairs in mode dpo
+    eval_set: TokenStore | list[EncodedPair]
     schedule: SamplingSchedule | None  # bash and scs
     predictions: dict[str, list[int]] | None  # bash, unless not checked (a dry run's choice)
     plan: BatchPlan
@@ -49,28 +59,60 @@ def encode(
     loss_on: str = "response",
     limit: int | None = None,
     pairs: bool = False,
-) -> list[Encoded] | list[EncodedPair]:
+    cache: Path | None = None,
+) -> TokenStore | list[EncodedPair]:
     """Tokenized examples with the loss on the response (or `loss_on` "all"); with a `marker`
     (RAC), samples of prompt, the model's draft, the marker and the reference, the loss on the
-    last two; with `pairs` (DPO), preference pairs. `limit` keeps the first examples before any
-    is tokenized."""
+    last two; with `pairs` (DPO), preference pairs (as lists). `limit` keeps the first examples
+    before any is tokenized.
+
+    Examples are held in a `TokenStore`: with a `cache` folder and data from a file, written
+    once per node (by its local rank 0, under a key of everything that decides the tokens, or
+    found there from an earlier start) and memory-mapped by every rank; else built in memory."""
     source = data or data_args.data
     max_length, overlong = data_args.max_length, data_args.overlong
+
+    def tokenized() -> tuple[Iterator[Encoded], Callable[[], str]]:
+        examples = data_args.load(data, split)[:limit]
+        if marker is None:
+            report = TruncationReport()
+            encoded = encode_in_chunks(tokenizer, examples, max_length, overlong, loss_on, report)
+            return encoded, report.summary
+        drafts = read_draft_ids(source, len(tokenizer))
+        summary = f"{len(examples)} samples, {sum(drafts[e.id] is not None for e in examples)} with a draft"
+        encoded = (
+            encode_correction(tokenizer, e, drafts[e.id], max_length, marker) for e in examples
+        )
+        return encoded, lambda: summary
+
     if pairs:
         preferences = data_args.load_preferences(data, split)[:limit]
         encoded, report = encode_pairs(tokenizer, preferences, max_length, overlong)
         summary = report.summary()
-    elif marker is None:
-        examples = data_args.load(data, split)[:limit]
-        encoded, report = encode_examples(tokenizer, examples, max_length, overlong, loss_on)
-        summary = report.summary()
+    elif cache is None or not Path(source).is_file():
+        encoded = build_store(*tokenized(), len(tokenizer))
+        summary = encoded.summary
     else:
-        examples = data_args.load(data, split)[:limit]
-        drafts = read_draft_ids(source, len(tokenizer))
-        encoded = [
-            encode_correction(tokenizer, e, drafts[e.id], max_length, marker) for e in examples
-        ]
-        summary = f"{len(encoded)} samples, {sum(drafts[e.id] is not None for e in examples)} with a draft"
+        key = {
+            **{k: v for k, v in asdict(data_args).items() if k != "data"},
+            "data_sha256": file_digest(Path(source)),
+            "evaluation_source": source != data_args.data,  # read with format auto
+            "eval_split": split,
+            "eval_limit": limit,
+            "loss_on": loss_on,
+            "marker": marker,
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+        }
+        folder = cache / store_key(key)
+
+        def build() -> None:
+            if not folder.is_dir():  # else made by an earlier start of this run
+                # In a child, so that the texts and lists it passes through leave with it.
+                run_forked(lambda: write_store(folder, *tokenized(), len(tokenizer), key))
+
+        distributed.on_local_main(build)
+        encoded = TokenStore.open(folder)
+        summary = f"{encoded.summary} (tokens in {folder})"
     if distributed.is_main():
         # A local file has no splits; a hub dataset's split is named.
         name = source if Path(source).exists() else f"{source} [{split or data_args.split}]"
@@ -84,14 +126,18 @@ def setup(
     args: Any,
     world_size: int,
     check_fingerprints: bool = True,
+    cache: Path | None = None,
 ) -> TrainSetup:
     """The run's data and plan, `args` being `TrainArgs`; BASH's predictions and DPO's reference
     log-probabilities are checked against the tokenizer and the starting weights unless
-    `check_fingerprints` is false (a dry run's choice for weights too large to hash)."""
+    `check_fingerprints` is false (a dry run's choice for weights too large to hash). The
+    examples are tokenized once per node into `cache` (the run's), or in memory without one."""
     tokenizer = load_tokenizer(model_args.tokenizer_path())
     marker = args.correction_marker if args.mode == "rac" else None
     pairs = args.mode == "dpo"
-    train_set = encode(tokenizer, data_args, marker=marker, loss_on=args.loss_on, pairs=pairs)
+    train_set = encode(
+        tokenizer, data_args, marker=marker, loss_on=args.loss_on, pairs=pairs, cache=cache
+    )
     eval_set = []
     if args.eval_data or args.eval_split:
         eval_set = encode(
@@ -101,6 +147,7 @@ def setup(
             args.eval_split,
             limit=args.max_eval_examples,
             pairs=pairs,
+            cache=cache,
         )
     schedule = SamplingSchedule.from_args(args) if args.mode in ("bash", "scs") else None
     predictions = reference = eval_reference = None
