@@ -187,14 +187,6 @@ def write_store(
         )
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def store_key(options: dict[str, Any]) -> str:
     """The folder name for a store made with `options`: everything that decides its tokens (the
     data file's digest, the tokenizer's fingerprint, the data options), JSON-serialisable."""

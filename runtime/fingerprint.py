@@ -24,6 +24,15 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 16 MB pieces."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def model_fingerprint(name_or_path: str | None) -> str:
     """A hash of the weight files of a local model folder; for a hub name, of the cached
     snapshot's weight files; "new" stands for a model initialised from a config."""

@@ -48,7 +48,12 @@ from runtime import lora
 from runtime.args import DataArgs, ModelArgs
 from runtime.distributed import barrier, is_main, on_main
 from runtime.ds_config import zero_stage
-from runtime.fingerprint import differences, model_fingerprint, tokenizer_fingerprint
+from runtime.fingerprint import (
+    differences,
+    file_sha256,
+    model_fingerprint,
+    tokenizer_fingerprint,
+)
 from train.args import TrainArgs
 from train.setup import TrainSetup
 
@@ -88,14 +93,6 @@ def run_state(ckpt_dir: Path, tag: str) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def run_identity(
     model_args: ModelArgs, data_args: DataArgs, args: TrainArgs, run: TrainSetup
 ) -> dict[str, Any]:
@@ -114,7 +111,7 @@ def run_identity(
     identity: dict[str, Any] = {
         "mode": args.mode,
         "data": (
-            f"sha256 {_sha256(data)[:16]}, {data.stat().st_size} bytes"
+            f"sha256 {file_sha256(data)[:16]}, {data.stat().st_size} bytes"
             if data.is_file()
             else f"hub dataset {data_args.data} ({data_args.data_name}, split {data_args.split})"
         ),
@@ -134,7 +131,7 @@ def run_identity(
         "model": (
             model_fingerprint(model_args.model_name_or_path)
             if model_args.model_name_or_path
-            else f"new, config sha256 {_sha256(Path(model_args.model_config))[:16]}"
+            else f"new, config sha256 {file_sha256(Path(model_args.model_config))[:16]}"
         ),
         "tokenizer": tokenizer_fingerprint(run.tokenizer),
         "lora": {
@@ -149,10 +146,10 @@ def run_identity(
     if run.schedule:
         identity["sampling_schedule"] = dataclasses.asdict(run.schedule)
     if args.mode == "bash":
-        identity["predictions"] = f"sha256 {_sha256(Path(args.predictions))[:16]}"
+        identity["predictions"] = f"sha256 {file_sha256(Path(args.predictions))[:16]}"
     if run.dpo:
         identity["dpo"] = dataclasses.asdict(run.dpo)
-        identity["reference_logps"] = f"sha256 {_sha256(Path(args.reference_logps))[:16]}"
+        identity["reference_logps"] = f"sha256 {file_sha256(Path(args.reference_logps))[:16]}"
     # JSON's view (lists, not tuples), so that a recorded identity compares equal to a fresh one.
     return json.loads(json.dumps(identity))
 
@@ -186,7 +183,7 @@ def _listing(folder: Path) -> list[str]:
 
 
 def _digest(path: Path) -> dict[str, Any]:
-    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def _digests(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:

@@ -20,7 +20,6 @@ from data_tools.token_store import (
     TokenStore,
     build_store,
     encode_in_chunks,
-    file_digest,
     store_key,
     write_store,
 )
@@ -30,7 +29,7 @@ from methods.dpo import DPO, ReferenceLogps, load_reference_logps
 from methods.scheduled_sampling import SamplingSchedule, load_predictions
 from runtime import distributed
 from runtime.args import DataArgs, ModelArgs
-from runtime.fingerprint import model_fingerprint, tokenizer_fingerprint
+from runtime.fingerprint import file_sha256, model_fingerprint, tokenizer_fingerprint
 from runtime.forked import run_forked
 from runtime.modeling import load_tokenizer
 from train.batches import BatchPlan
@@ -95,7 +94,7 @@ def encode(
     else:
         key = {
             **{k: v for k, v in asdict(data_args).items() if k != "data"},
-            "data_sha256": file_digest(Path(source)),
+            "data_sha256": file_sha256(Path(source)),
             "evaluation_source": source != data_args.data,  # read with format auto
             "eval_split": split,
             "eval_limit": limit,
