@@ -37,7 +37,7 @@ from statistics import mean
 from typing import Any
 
 from bench.compare_dpo import mcnemar
-from bench.compare_methods import REPO, CompareArgs, scs_options
+from bench.compare_methods import REPO, CompareArgs, scs_options, slug
 from bench.compare_methods import pipeline as run_pipeline
 from data_tools.atomic import write_json
 from data_tools.bootstrap import paired_bootstrap
@@ -45,6 +45,7 @@ from data_tools.config import parse_config
 from data_tools.errors import run_tool
 from data_tools.scoring import score_file
 from methods.correction import CORRECTION_MARKER
+from pipeline.plan import diagnostic_output
 
 CONFIGS = {"math": "configs/shift_math.yaml", "postfix": "configs/shift_postfix.yaml"}
 # Seed 0's models get these (the math's step diagnostics do not parse postfix).
@@ -137,7 +138,7 @@ def tune(args: CompareShiftArgs, base: Path) -> dict[str, Any]:
     table, best = [], {}
 
     def trial(name: str, method: str, options: list[str]) -> None:
-        run_dir = Path(args.output_dir) / "validation" / name.replace(" ", "_").replace(",", "")
+        run_dir = Path(args.output_dir) / "validation" / slug(name)
         r = pipeline(
             args, run_dir, "--base_dir", str(base), "--seed", "0", "--methods", method,
             *VALIDATION_ONLY, *options,
@@ -185,7 +186,7 @@ def diagnostics(root: Path, model: str, splits: list[str]) -> dict[str, Any]:
     outcome rates per step."""
     out: dict[str, Any] = {}
     for split in splits:
-        path = root / "diagnostics" / split / model / "error_propagation/error_propagation.json"
+        path = diagnostic_output(root, split, model, "error_propagation")
         if path.exists():
             r = json.loads(path.read_text())
             out[f"error_propagation/{split}"] = {
@@ -193,11 +194,11 @@ def diagnostics(root: Path, model: str, splits: list[str]) -> dict[str, Any]:
                 "no_earlier_error": r["no_earlier_error"]["rate"],
                 "exposure_bias": r["exposure_bias"],
             }
-    path = root / "diagnostics/test" / model / "exposure_bias/exposure_bias.json"
+    path = diagnostic_output(root, "test", model, "exposure_bias")
     if path.exists():
         gap = json.loads(path.read_text())["gap"]
         out["exposure_bias"] = {k: gap[f"cumulative_{k}"][-1] for k in ("accuracy", "loss")}
-    path = root / "diagnostics/test" / model / "error_injection/error_injection.json"
+    path = diagnostic_output(root, "test", model, "error_injection")
     if path.exists():
         per_step = json.loads(path.read_text())["per_step"]
         out["error_injection"] = {str(s["step"]): s["rates"] for s in per_step}

@@ -395,6 +395,12 @@ def evaluation_stages(b: Builder, models: dict[str, Path]) -> dict[str, dict[str
     return evaluations
 
 
+def diagnostic_output(root: Path, split: str, model: str, diagnostic: str) -> Path:
+    """Where a run (`root`) keeps a diagnostic's json of one model on one split (its other files
+    beside it)."""
+    return root / "diagnostics" / split / model / diagnostic / f"{diagnostic}.json"
+
+
 def diagnostic_stages(
     b: Builder, models: dict[str, Path], evaluations: dict[str, dict[str, Path]]
 ) -> None:
@@ -407,37 +413,37 @@ def diagnostic_stages(
     if "error_propagation" in wanted:
         for split, on_split in evaluations.items():
             for model, generations in on_split.items():
-                out = generations.parent.parent.parent / "diagnostics" / split / model
-                out /= "error_propagation"
+                root = generations.parent.parent.parent  # <root>/eval/<split>/<model>.jsonl
+                out = diagnostic_output(root, split, model, "error_propagation")
                 b.add(
                     f"error_propagation_{split}_{model}",
                     "generate.error_propagation",
-                    ["--generations", str(generations), "--output_dir", str(out)],
-                    out / "error_propagation.json",
+                    ["--generations", str(generations), "--output_dir", str(out.parent)],
+                    out,
                 )
     split = b.splits[a.report_split]
     on_data = ["--data", str(split), "--task", a.task, "--limit", str(a.diagnostic_examples)]
     on_data += ["--max_length", str(a.max_length)]
     for model, path in (base_models(b) | models).items():
         root = evaluations[a.report_split][model].parent.parent.parent
-        out = root / "diagnostics" / a.report_split / model
         if "exposure_bias" in wanted:
+            out = diagnostic_output(root, a.report_split, model, "exposure_bias")
             b.add(
                 f"exposure_bias_{model}",
                 "generate.exposure_bias",
-                ["--model_name_or_path", str(path), *on_data]
-                + ["--output_dir", str(out / "exposure_bias")],
-                out / "exposure_bias" / "exposure_bias.json",
+                ["--model_name_or_path", str(path), *on_data, "--output_dir", str(out.parent)],
+                out,
             )
         if "error_injection" in wanted:
+            out = diagnostic_output(root, a.report_split, model, "error_injection")
             b.add(
                 f"error_injection_{model}",
                 "generate.error_injection",
                 ["--model_name_or_path", str(path), *on_data, "--inject_at", "1,2,3"]
                 + ["--max_new_tokens", str(a.max_new_tokens), "--seed", str(a.seed)]
                 + ["--max_prompt_length", str(a.max_prompt_length)]
-                + ["--output_dir", str(out / "error_injection")],
-                out / "error_injection" / "error_injection.json",
+                + ["--output_dir", str(out.parent)],
+                out,
             )
 
 
