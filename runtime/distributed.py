@@ -113,26 +113,25 @@ def barrier() -> None:
 def on_main(fn: Callable[[], None]) -> None:
     """Run `fn` on rank 0 only, the others waiting; if it raises, every rank raises (the others
     with rank 0's message), rather than the others waiting for rank 0 forever."""
-    error, message = None, [None]
-    if is_main():
-        try:
-            fn()
-        except Exception as e:
-            error, message = e, [f"{type(e).__name__}: {e}"]
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.broadcast_object_list(message, src=0)
-    if error is not None:
-        raise error
-    if message[0] is not None:
-        raise RuntimeError(f"rank 0 failed: {message[0]}")
+    _run_on(is_main(), fn, "rank 0")
 
 
 def on_local_main(fn: Callable[[], None]) -> None:
     """Run `fn` on each node's local rank 0, the other ranks waiting: work whose result the
     processes of a node share through its disk (the tokenized data). If it raises on any node,
     every rank raises (the others with that node's message)."""
+    _run_on(
+        not dist.is_initialized() or int(os.environ.get("LOCAL_RANK", "0")) == 0,
+        fn,
+        "a local rank 0",
+    )
+
+
+def _run_on(chosen: bool, fn: Callable[[], None], who: str) -> None:
+    """Run `fn` where `chosen`, every rank waiting for all; a failure anywhere is raised on every
+    rank (as itself where it happened, else as a RuntimeError with its message)."""
     error, message = None, None
-    if not dist.is_initialized() or int(os.environ.get("LOCAL_RANK", "0")) == 0:
+    if chosen:
         try:
             fn()
         except Exception as e:
@@ -142,6 +141,6 @@ def on_local_main(fn: Callable[[], None]) -> None:
         dist.all_gather_object(messages, message)
         failed = next((m for m in messages if m is not None), None)
         if error is None and failed is not None:
-            raise RuntimeError(f"a local rank 0 failed: {failed}")
+            raise RuntimeError(f"{who} failed: {failed}")
     if error is not None:
         raise error
