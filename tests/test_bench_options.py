@@ -10,6 +10,7 @@ from bench.compare_dpo import CompareDPOArgs
 from bench.compare_shift import CompareShiftArgs
 from bench.data_memory import DataMemoryArgs
 from bench.gpu_check import GpuCheckArgs
+from bench.loss_memory import LossMemoryArgs
 
 
 @pytest.mark.parametrize(
@@ -27,6 +28,8 @@ from bench.gpu_check import GpuCheckArgs
         (lambda: GpuCheckArgs(output="o.json", precision="fp16"), "fp16 is not measured"),
         (lambda: GpuCheckArgs(output="o.json", steps=0), "steps must be at least 1, got 0"),
         (lambda: GpuCheckArgs(output="o.json", warmup_steps=-1), "warmup_steps must be at least 0"),
+        (lambda: LossMemoryArgs(prompt_fraction=1.0), r"prompt_fraction must be in \[0, 1\)"),
+        (lambda: LossMemoryArgs(arm="fused"), "arm must be one of"),
     ],
 )
 def test_a_bad_option_is_refused_by_name(make, message: str) -> None:

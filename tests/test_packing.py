@@ -1,6 +1,7 @@
 """Sequence packing against the same examples padded one per row, and one at a time: the same
 loss and gradients under `sdpa` and `eager` attention; BASH's and RAC's examples unchanged inside
-their rows; positions restart."""
+their rows; positions restart. The training loss (`train.loss`, logits of trained positions only)
+against the model's own, on padded and packed rows."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from methods.correction import encode_correction
 from methods.scheduled_sampling import interleave, response_positions
 from runtime.modeling import load_model
 from tests.models import MODELS
+from train.loss import causal_lm_loss
 
 ROW = 192
 
@@ -84,6 +86,26 @@ def test_packed_loss_and_gradients_match(model, batch: list[Encoded], tokenizer)
     leaky_loss, leaky_grads = loss_and_grads(model, packed)
     assert abs(leaky_loss - alone_loss) / trained > 1e-5
     assert max((a - b).abs().max() for a, b in zip(leaky_grads, alone_grads, strict=True)) > 1e-2
+
+
+def test_trained_logits_loss_is_the_models_own(model, batch: list[Encoded], tokenizer) -> None:
+    pad, trained = tokenizer.pad_token_id, sum(e.num_trained for e in batch)
+    projected = []
+    hook = model.lm_head.register_forward_hook(lambda _m, args, _o: projected.append(args[0]))
+    try:
+        for inputs in (pad_right(batch, pad), pack_batch(batch, pad, ROW)):
+            reference_loss, reference_grads = loss_and_grads(model, inputs, use_cache=False)
+            model.zero_grad()
+            projected.clear()
+            loss = causal_lm_loss(model, inputs, trained)
+            loss.backward()
+            # Only the trained positions reach the vocabulary projection.
+            assert projected[0].shape[:-1] == (trained,)
+            assert abs(loss.item() * trained - reference_loss) / trained < 1e-5
+            for p, reference in zip(model.parameters(), reference_grads, strict=True):
+                torch.testing.assert_close(p.grad * trained, reference, rtol=1e-4, atol=1e-5)
+    finally:
+        hook.remove()
 
 
 def test_examples_unchanged_in_their_rows(batch: list[Encoded]) -> None:

@@ -72,6 +72,7 @@ from runtime.stopping import STOPPED, requested
 from runtime.tracking import Tracker
 from train import checkpoint, dry_run
 from train.args import TrainArgs
+from train.loss import causal_lm_loss
 from train.optimizer import param_groups
 from train.setup import TrainSetup, setup
 
@@ -97,9 +98,7 @@ def evaluate(engine, run: TrainSetup, micro_batch_size: int, pad_id: int) -> dic
             )
         else:
             inputs = pad_right(batch or items[:1], pad_id)
-            loss = engine(
-                **{k: v.to(engine.device) for k, v in inputs.items()}, num_items_in_batch=1
-            ).loss
+            loss = causal_lm_loss(engine, {k: v.to(engine.device) for k, v in inputs.items()}, 1)
             sums = torch.stack(
                 [loss.double(), loss.new_tensor(sum(e.num_trained for e in batch)).double()]
             )
@@ -295,11 +294,9 @@ def main() -> None:
                     if args.packing
                     else pad_right(batch, pad_id)
                 )
-                loss = engine(  # no cache: with one, packed rows would attend across examples
-                    **{k: v.to(engine.device) for k, v in inputs.items()},
-                    num_items_in_batch=trained_tokens,  # the global batch's token mean
-                    use_cache=False,
-                ).loss
+                loss = causal_lm_loss(  # the global batch's token mean
+                    engine, {k: v.to(engine.device) for k, v in inputs.items()}, trained_tokens
+                )
             # DeepSpeed averages gradients over ranks and micro-steps; undo both for a global mean.
             engine.backward(loss * world * args.gradient_accumulation_steps)
             engine.step()
