@@ -193,6 +193,9 @@ def diagnostics(root: Path, model: str, splits: list[str]) -> dict[str, Any]:
                 "after_an_error": r["after_an_error"]["rate"],
                 "no_earlier_error": r["no_earlier_error"]["rate"],
                 "exposure_bias": r["exposure_bias"],
+                # the first step can only err on its own: the question read wrong, not a drift
+                "first_step": r["per_position"][0]["all_steps"]["rate"],
+                "reasons": r["reasons"],
             }
     path = diagnostic_output(root, "test", model, "exposure_bias")
     if path.exists():
@@ -300,9 +303,38 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     first = next((r for r in records if r["seed"] == 0), None)
     if first is not None:
         summary["diagnostics"] = {m: e["diagnostics"] for m, e in first["models"].items()}
-        print("\n### Diagnostics, seed 0\n")
-        print(json.dumps(summary["diagnostics"], indent=1))
+        print_diagnostics(summary["diagnostics"])
     return summary
+
+
+def print_diagnostics(diagnostics: dict[str, dict[str, Any]]) -> None:
+    """Seed 0's diagnostics per model: induced against propagated errors per split, with the
+    first step's error rate and the local errors' reasons, then the exposure-bias gap and the
+    injection's outcomes on the test split."""
+    print("\n### Diagnostics, seed 0: induced against propagated errors\n")
+    print(
+        "| model | split | P(local error \\| none earlier) | P(local error \\| an earlier one) ",
+        end="",
+    )
+    print(
+        "| difference | first step wrong | local errors by reason |\n|---|---|---:|---:|---:|---:|---|"
+    )
+    for model, d in diagnostics.items():
+        for key, r in d.items():
+            if not key.startswith("error_propagation/"):
+                continue
+            reasons = ", ".join(f"{k} {n:,}" for k, n in r.get("reasons", {}).items() if n)
+            cells = [
+                "-" if r.get(k) is None else f"{r[k]:{'+' if k == 'exposure_bias' else ''}.3f}"
+                for k in ("no_earlier_error", "after_an_error", "exposure_bias", "first_step")
+            ]
+            print(f"| {model} | {key.split('/', 1)[1]} | {' | '.join(cells)} | {reasons} |")
+    print("\n### Diagnostics, seed 0, test split: exposure-bias gap and error injection\n")
+    rest = {
+        m: {k: v for k, v in d.items() if not k.startswith("error_propagation/")}
+        for m, d in diagnostics.items()
+    }
+    print(json.dumps(rest, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:

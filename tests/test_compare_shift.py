@@ -30,7 +30,17 @@ def record(seed: int) -> dict:
             else {},
             "cost": {"trained_tokens": 1000 * (seed + 1), "forward_sequences": 10},
             "changed_fraction": 0.1 if model == "bash" else None,
-            "diagnostics": {},
+            "diagnostics": {
+                "error_propagation/test_10": {
+                    "no_earlier_error": 0.25,
+                    "after_an_error": None,  # no step came after an error
+                    "exposure_bias": None,
+                    "first_step": 0.125,
+                    "reasons": {"arithmetic": 1200, "operand": 0},
+                }
+            }
+            if model == "bash"
+            else {},
         }
     return {"stamp": "x", "seed": seed, "models": models}
 
@@ -69,3 +79,4 @@ def test_the_summary_pools_the_seeds_against_sft_continued(capsys) -> None:
     assert "| bash | 0.100 | - | - | - | 2,000 | 10 |" in printed  # changed fraction, cost
     assert "| rac | - | 0.5 | 3 | 5 |" in printed
     assert "Diagnostics, seed 0" in printed
+    assert "| bash | test_10 | 0.250 | - | - | 0.125 | arithmetic 1,200 |" in printed
