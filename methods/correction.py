@@ -301,7 +301,8 @@ def build_rac_samples(
                 continue
             equal = draft == reference
             report["equal_to_reference"] += equal
-            text = tokenizer.decode(draft, skip_special_tokens=True)
+            # Only a scored task reads the draft's text (to judge it, and to keep it).
+            text = tokenizer.decode(draft, skip_special_tokens=True) if scored else ""
             right = scored and is_right(text, example)
             if scored:
                 report["right" if right else "wrong"] += 1
