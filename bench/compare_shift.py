@@ -195,6 +195,8 @@ def diagnostics(root: Path, model: str, splits: list[str]) -> dict[str, Any]:
                 "exposure_bias": r["exposure_bias"],
                 # the first step can only err on its own: the question read wrong, not a drift
                 "first_step": r["per_position"][0]["all_steps"]["rate"],
+                # the reference's steps the answer never wrote (it stopped early)
+                "missing_steps": r["missing_steps"] / r["steps"] if r["steps"] else None,
                 "reasons": r["reasons"],
             }
     path = diagnostic_output(root, "test", model, "exposure_bias")
@@ -309,7 +311,8 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def print_diagnostics(diagnostics: dict[str, dict[str, Any]]) -> None:
     """Seed 0's diagnostics per model: induced against propagated errors per split, with the
-    first step's error rate and the local errors' reasons, then the exposure-bias gap and the
+    first step's error rate, the share of the reference's steps never written and the local
+    errors' reasons, then the exposure-bias gap and the
     injection's outcomes on the test split."""
     print("\n### Diagnostics, seed 0: induced against propagated errors\n")
     print(
@@ -317,7 +320,8 @@ def print_diagnostics(diagnostics: dict[str, dict[str, Any]]) -> None:
         end="",
     )
     print(
-        "| difference | first step wrong | local errors by reason |\n|---|---|---:|---:|---:|---:|---|"
+        "| difference | first step wrong | steps missing | local errors by reason |"
+        "\n|---|---|---:|---:|---:|---:|---:|---|"
     )
     for model, d in diagnostics.items():
         for key, r in d.items():
@@ -326,7 +330,13 @@ def print_diagnostics(diagnostics: dict[str, dict[str, Any]]) -> None:
             reasons = ", ".join(f"{k} {n:,}" for k, n in r.get("reasons", {}).items() if n)
             cells = [
                 "-" if r.get(k) is None else f"{r[k]:{'+' if k == 'exposure_bias' else ''}.3f}"
-                for k in ("no_earlier_error", "after_an_error", "exposure_bias", "first_step")
+                for k in (
+                    "no_earlier_error",
+                    "after_an_error",
+                    "exposure_bias",
+                    "first_step",
+                    "missing_steps",
+                )
             ]
             print(f"| {model} | {key.split('/', 1)[1]} | {' | '.join(cells)} | {reasons} |")
     print("\n### Diagnostics, seed 0, test split: exposure-bias gap and error injection\n")

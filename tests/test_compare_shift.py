@@ -36,6 +36,7 @@ def record(seed: int) -> dict:
                     "after_an_error": None,  # no step came after an error
                     "exposure_bias": None,
                     "first_step": 0.125,
+                    "missing_steps": 0.5,
                     "reasons": {"arithmetic": 1200, "operand": 0},
                 }
             }
@@ -79,4 +80,4 @@ def test_the_summary_pools_the_seeds_against_sft_continued(capsys) -> None:
     assert "| bash | 0.100 | - | - | - | 2,000 | 10 |" in printed  # changed fraction, cost
     assert "| rac | - | 0.5 | 3 | 5 |" in printed
     assert "Diagnostics, seed 0" in printed
-    assert "| bash | test_10 | 0.250 | - | - | 0.125 | arithmetic 1,200 |" in printed
+    assert "| bash | test_10 | 0.250 | - | - | 0.125 | 0.500 | arithmetic 1,200 |" in printed
