@@ -47,7 +47,7 @@ from generate.args import GenerateArgs
 from methods.scheduled_sampling import teacher_forced_predictions
 from runtime import distributed
 from runtime.ds_config import DTYPES, fill_ds_config, resolve_precision
-from runtime.generation import longest_first
+from runtime.generation import generate_continuous, longest_first
 from train.optimizer import param_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -317,37 +317,23 @@ def continuous_rate(
     prompts: list[list[int]],
     static_out: list[list[int]],
 ) -> dict[str, Any]:
-    """Continuous batching on the same prompts, or "unavailable" with the reason. The first call
-    builds the manager (sized for this workload) and warms it up (CUDA graphs); the second,
-    timed, reuses it. `generate_batch` logs a failed request instead of raising, so each
-    request's own status is checked."""
+    """Continuous batching on the same prompts, as `generate --continuous_batching` runs it, or
+    "unavailable" with the reason. The first call builds the manager (sized for this workload)
+    and warms it up (CUDA graphs); the second, timed, reuses it."""
     if not hasattr(model, "generate_batch"):
         return unavailable(f"transformers {transformers.__version__} has no generate_batch")
-    from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-    # Its automatic sizing takes a share of free device memory: on CPU, of the host's RAM.
-    sizes = {} if on_gpu() else {"num_blocks": len(prompts) * 4, "max_batch_tokens": 512}
-    cb = ContinuousBatchingConfig(**sizes)
-
-    def run() -> dict:
-        return model.generate_batch(
-            prompts, generation_config=gen, continuous_batching_config=cb, persistent_manager=True
-        )
+    def run() -> list[list[int]]:
+        return generate_continuous(model, prompts, gen, persistent=True)
 
     reset_peak()
     try:
         _, warmup_s = timed(run)
-        results, seconds = timed(run)
+        new, seconds = timed(run)
     except Exception as e:  # an API this version lacks or breaks on this device is the finding
-        return unavailable(f"generate_batch raised {type(e).__name__}: {e}")
+        return unavailable(f"continuous batching raised {type(e).__name__}: {e}")
     finally:
         model.destroy_cached_continuous_batching_manager()
-    outputs = list(results.values())
-    failed = [o for o in outputs if o.error is not None or not o.is_finished()]
-    if len(outputs) != len(prompts) or failed:
-        reason = failed[0].error if failed else "requests missing from the results"
-        return unavailable(f"{len(failed)} of {len(prompts)} requests failed: {reason}")
-    new = [o.generated_tokens for o in outputs]
     tokens = sum(map(len, new))
     result = {
         "status": "ok",

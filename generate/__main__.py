@@ -171,7 +171,10 @@ def generate_rows(
         ]
     prompts = [inputs.prompts[i] for i in indices]
     sampling = (args.temperature, args.top_p)
-    new = generate_batch(model, tokenizer, prompts, args.max_new_tokens, seeds, *sampling)
+    continuous = args.continuous_batching
+    new = generate_batch(
+        model, tokenizer, prompts, args.max_new_tokens, seeds, *sampling, continuous
+    )
     if args.self_correct:
         seeds = [example_seed(args.seed, f"{e.id}#correct") for e in batch] if seeds else None
         new = self_correct(
@@ -183,6 +186,7 @@ def generate_rows(
             args.max_new_tokens,
             seeds,
             *sampling,
+            continuous,
         )
     return [to_row(e, ids, tokenizer) for e, ids in zip(batch, new, strict=True)]
 

@@ -41,6 +41,14 @@ class GenerateArgs:
     num_samples: int = field(
         default=1, metadata={"help": "generations per prompt (with do_sample)"}
     )
+    continuous_batching: bool = field(
+        default=False,
+        metadata={
+            "help": "greedy decoding with transformers' continuous batching (paged attention): "
+            "a finished answer's slot takes the next prompt; the same outputs; measure it on "
+            "your GPU (bench/gpu_check.sh) before turning it on (on CPU it is far slower)"
+        },
+    )
     self_correct: bool = field(
         default=False,
         metadata={"help": "generate a draft, append the correction marker, generate again"},
@@ -78,6 +86,11 @@ class GenerateArgs:
             raise ValueError(
                 "pair_logps scores the pairs' own responses: no teacher_forced, self_correct, "
                 "do_sample or num_samples"
+            )
+        if self.continuous_batching and (self.do_sample or self.teacher_forced or self.pair_logps):
+            raise ValueError(
+                "continuous_batching decodes greedily: no do_sample (its seeded sampler would be "
+                "dropped), teacher_forced or pair_logps (one forward pass, nothing decoded)"
             )
         if self.teacher_forced and self.top_p != 1.0:
             raise ValueError("teacher_forced sampling uses temperature only; leave top_p at 1.0")

@@ -165,15 +165,19 @@ def self_correct(
     seeds: Sequence[int] | None = None,
     temperature: float = 1.0,
     top_p: float = 1.0,
+    continuous: bool = False,
 ) -> list[list[int]]:
     """RAC at inference: each draft (less its EOS), the marker, then a second generation from
     prompt | draft | marker, as the model was trained to continue; returns draft | marker |
-    correction. The answer is the text after the last marker (`final_answer_text`)."""
+    correction. The answer is the text after the last marker (`final_answer_text`).
+    `continuous`: the second generation with continuous batching (`generate_batch`)."""
     stop = eos_ids(model, tokenizer)
     marker_ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
     drafts = [d[:-1] if d and d[-1] in stop else d for d in drafts]
     second = [p + d + marker_ids for p, d in zip(prompts, drafts, strict=True)]
-    fixes = generate_batch(model, tokenizer, second, max_new_tokens, seeds, temperature, top_p)
+    fixes = generate_batch(
+        model, tokenizer, second, max_new_tokens, seeds, temperature, top_p, continuous
+    )
     return [d + marker_ids + f for d, f in zip(drafts, fixes, strict=True)]
 
 

@@ -63,6 +63,10 @@ class PipelineArgs:
     max_length: int = DataArgs.max_length
     max_new_tokens: int = GenerateArgs.max_new_tokens
     max_prompt_length: int = GenerateArgs.max_prompt_length
+    continuous_batching: bool = field(
+        default=GenerateArgs.continuous_batching,
+        metadata={"help": "the greedy generation stages with continuous batching (generate's)"},
+    )
     report_split: str = field(
         default="test",
         metadata={

@@ -119,6 +119,10 @@ class Builder:
 
     def generate(self, name: str, model: Path, split: Path, out: Path, *extra: str) -> Path:
         a = self.args
+        options = dict(zip(extra[::2], extra[1::2], strict=True))
+        greedy = all(
+            options.get(f) != "true" for f in ("--do_sample", "--teacher_forced", "--pair_logps")
+        )
         self.add(
             name,
             "generate",
@@ -126,6 +130,7 @@ class Builder:
             + ["--output", str(out), "--max_new_tokens", str(a.max_new_tokens)]
             + ["--max_prompt_length", str(a.max_prompt_length)]
             + ["--max_length", str(a.max_length), "--seed", str(a.seed)]
+            + (["--continuous_batching", "true"] if a.continuous_batching and greedy else [])
             + [*self.tracking(name), *extra],
             out,
             distributed=True,

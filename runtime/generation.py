@@ -8,6 +8,12 @@ whose argmax is the sampled token, so HF still does the KV cache, padding and st
 
 "The same" is exact in fp32. In bf16 (on GPU) a different padding width can round logits
 differently and, rarely, flip a near-tie; that is true of any batched bf16 decoding.
+
+Greedy decoding can also run with transformers' continuous batching (`generate_batch`, paged
+attention): a finished row's slot takes the next prompt instead of waiting for the batch's
+longest answer. Its outputs are one-by-one greedy decoding's (tested); whether it is faster is
+the device's to say (`bench/gpu_check.sh` measures both on a GPU; on CPU it measured about 70x
+slower), so it is an option, off by default.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ from collections.abc import Sequence
 
 import torch
 from transformers import (
+    GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
 from data_tools.collate import pad_left
 
@@ -80,11 +88,26 @@ def generate_batch(
     seeds: Sequence[int] | None = None,
     temperature: float = 1.0,
     top_p: float = 1.0,
+    continuous: bool = False,
 ) -> list[list[int]]:
     """New token ids for each prompt, left-padded into one batch: greedy, or sampled when
-    `seeds` (one per prompt) are given. Each list ends at the first EOS, which it keeps, so a
-    generation that stopped can be told from one cut by `max_new_tokens`."""
+    `seeds` (one per prompt) are given; greedy with `continuous` batching instead. Each list ends
+    at the first EOS, which it keeps, so a generation that stopped can be told from one cut by
+    `max_new_tokens`."""
     stop = eos_ids(model, tokenizer)
+    if continuous:
+        if seeds is not None:
+            raise ValueError(
+                "continuous batching decodes greedily here: it would drop the per-example "
+                "seeded sampler"
+            )
+        config = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stop,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return [_cut_at_eos(row, stop) for row in generate_continuous(model, prompts, config)]
     inputs = {k: v.to(model.device) for k, v in pad_left(prompts, tokenizer.pad_token_id).items()}
     processors = LogitsProcessorList()
     if seeds is not None:
@@ -100,6 +123,40 @@ def generate_batch(
     )
     new = out[:, inputs["input_ids"].shape[1] :].tolist()
     return [_cut_at_eos(row, stop) for row in new]
+
+
+def generate_continuous(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    config: GenerationConfig,
+    persistent: bool = False,
+) -> list[list[int]]:
+    """The new tokens of each prompt, in order, from transformers' continuous batching under
+    `config`; a request that failed (which `generate_batch` logs rather than raises) raises.
+    `persistent` keeps the manager for the next call (`model.
+    destroy_cached_continuous_batching_manager()` ends it)."""
+    sizes = {}
+    if model.device.type == "cpu":
+        # Its automatic sizing takes a share of free memory, on CPU of the host's RAM (14 GiB
+        # for a 2-layer toy model): size the cache for these prompts instead.
+        longest = max(map(len, prompts)) + config.max_new_tokens
+        pages = -(-longest // ContinuousBatchingConfig.page_size)
+        sizes = {"num_blocks": len(prompts) * pages, "max_batch_tokens": 512}
+    results = model.generate_batch(
+        [list(p) for p in prompts],
+        generation_config=config,
+        continuous_batching_config=ContinuousBatchingConfig(**sizes),
+        persistent_manager=persistent,
+    )
+    outputs = list(results.values())  # in the order of `prompts`
+    failed = [o for o in outputs if o.error is not None or not o.is_finished()]
+    if len(outputs) != len(prompts) or failed:
+        reason = failed[0].error if failed else "requests missing from its results"
+        raise RuntimeError(
+            f"continuous batching: {len(failed) or len(prompts) - len(outputs)} of "
+            f"{len(prompts)} requests failed: {reason}"
+        )
+    return [list(o.generated_tokens) for o in outputs]
 
 
 def _cut_at_eos(ids: list[int], stop: Sequence[int]) -> list[int]:

@@ -1,4 +1,5 @@
-"""Generation: batching, per-example sampling, ranks and resumption leave the outputs unchanged."""
+"""Generation: batching (static or continuous), per-example sampling, ranks and resumption leave
+the outputs unchanged."""
 
 from __future__ import annotations
 
@@ -88,6 +89,35 @@ def test_batched_greedy_equals_one_at_a_time(model, tokenizer, prompts) -> None:
     assert all(len(g) == MAX_NEW for g in batched if g[-1] != eos)
 
 
+def test_continuous_batching_equals_one_at_a_time(
+    files: Path, model, tokenizer, prompts, monkeypatch
+) -> None:
+    calls = []  # prompts handed to transformers' continuous batching
+    original = type(model).generate_batch
+
+    def spy(self, inputs, *args, **kwargs):
+        calls.append(len(inputs))
+        return original(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "generate_batch", spy)
+    # Compared with static batches, which the test above holds to one prompt at a time.
+    continuous = generate_batch(model, tokenizer, prompts, MAX_NEW, continuous=True)
+    assert calls == [len(prompts)]
+    assert continuous == in_batches(model, tokenizer, prompts, 12)
+    with pytest.raises(ValueError, match="continuous batching decodes greedily"):
+        generate_batch(model, tokenizer, prompts, MAX_NEW, [1] * len(prompts), continuous=True)
+    # The entrypoint's option, through RAC's second generation too.
+    argv = ["--model_name_or_path", str(files / "model"), "--data", str(files / "data.jsonl")]
+    argv += ["--limit", "6", "--max_new_tokens", str(MAX_NEW), "--self_correct", "true"]
+    outputs = {}
+    for option in ("false", "true"):
+        outputs[option] = files / f"continuous_{option}.jsonl"
+        main([*argv, "--output", str(outputs[option]), "--continuous_batching", option])
+    static, ours = lines(outputs["false"]), lines(outputs["true"])
+    assert len(ours) == 6 and sum(calls[1:]) == 12  # drafts and second generations
+    assert [r["generation_ids"] for r in ours] == [r["generation_ids"] for r in static]
+
+
 def test_sampling_depends_on_the_example_only(model, tokenizer, prompts, examples) -> None:
     seeds = [example_seed(0, e.id) for e in examples]
     one = in_batches(model, tokenizer, prompts, 1, seeds, 0.8, 0.95)
@@ -127,6 +157,9 @@ def test_bad_options_are_refused(files: Path) -> None:
         "apply only when sampling": ["--temperature", "0.7"],
         "batch_size must be at least 1": ["--batch_size", "0"],
         "max_new_tokens must be at least 1": ["--max_new_tokens", "0"],
+        "continuous_batching decodes greedily": [
+            *("--continuous_batching", "true", "--do_sample", "true"),
+        ],
     }
     for message, argv in cases.items():
         with pytest.raises(ValueError, match=message):

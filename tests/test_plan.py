@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from data_tools.config import parse_config
+from generate.args import GenerateArgs
 from generate.error_injection import InjectionArgs
 from generate.error_propagation import ErrorPropagationArgs
 from generate.exposure_bias import ExposureArgs
@@ -294,3 +295,18 @@ def test_unknown_or_math_only_diagnostics_are_refused() -> None:
     assert "exposure_bias_sft" in {
         s.name for s in plan_of("--task", "postfix", "--diagnostics", "exposure_bias").stages
     }
+
+
+def test_continuous_batching_reaches_the_greedy_generations_only() -> None:
+    plan = plan_of("--continuous_batching", "true", "--dpo_after", "sft")
+    generations = [s for s in plan.stages if s.module == "generate"]
+    continuous = set()
+    for stage in generations:
+        (_, _, args) = parse_config((ModelArgs, DataArgs, GenerateArgs), list(stage.args))
+        if args.continuous_batching:
+            continuous.add(stage.name)
+        greedy = not (args.do_sample or args.teacher_forced or args.pair_logps)
+        assert args.continuous_batching == greedy, stage.name
+    assert {"eval_test_sft", "eval_test_rac_self_correct", "rac_drafts"} <= continuous
+    assert {"dpo_samples", "bash_predictions"} & {s.name for s in generations} - continuous
+    assert not any("--continuous_batching" in s.args for s in plan_of().stages)  # off by default
