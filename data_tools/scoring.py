@@ -30,6 +30,9 @@ ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 SCORED_TASKS = ("math", "summarization", "qa", "postfix")
 RIGHT_OR_WRONG = ("math", "postfix")  # the tasks whose scorer says right or wrong
 JUDGED_TASKS = ("qa", "summarization")
+# What RAC with `right_drafts` "confirm" is trained to write after the marker when its draft is
+# right: a few fixed tokens instead of the draft again (methods/correction.py says why).
+CONFIRMATION = "No correction."
 
 
 def _normalise(number: str) -> str:
@@ -187,10 +190,14 @@ def _read_generations(path: Path, task: str, fields: Sequence[str]) -> list[dict
 
 def final_answer_text(text: str, marker: str) -> str:
     """The answer of a self-correcting generation: the text after the last marker, or all of it
-    when there is none (a direct answer)."""
+    when there is none (a direct answer). A `CONFIRMATION` after the marker (RAC's "the draft
+    stands") makes the answer the one before that marker."""
     if not marker:
         raise ValueError("the correction marker must not be empty")
-    return text.rpartition(marker)[2]
+    before, found, after = text.rpartition(marker)
+    if found and after.strip() == CONFIRMATION:
+        return final_answer_text(before, marker)
+    return after
 
 
 def _passes(

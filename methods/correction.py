@@ -8,12 +8,17 @@ A sample with a draft is
 where the draft is the model's own (offline) generation for the prompt and the marker a fixed
 text (`CORRECTION_MARKER`). The task's scorer, not token equality, judges the draft (math: its
 final answer; postfix: its symbols; `is_right`): a wrong one makes a correction (the target is
-the reference), a right one a keep (the target is the draft again). Token equality made every
-draft of a small model a correction (right answers in other words too) and taught it to always
-rewrite.
+the reference); a right one, by `right_drafts`, a keep (the target is the draft again) or a
+confirmation (the target is the fixed `CONFIRMATION`, "No correction."). Token equality made
+every draft of a small model a correction (right answers in other words too) and taught it to
+always rewrite.
 
-Why the draft again and not a fixed "keep" text: inference scores what follows the marker
-(`data_tools.scoring.final_answer_text`), so a repeated right draft stays right, scorer unchanged.
+Keep or confirm: inference scores what follows the marker (`data_tools.scoring.
+final_answer_text`), or, after a confirmation, the draft. A keep needs no new convention, but
+the model must learn to copy its whole draft; the 1M-parameter model of bench/RESULTS.md did not
+(issue 10's math study, seed 0: after a right draft it wrote a new, mostly wrong, answer, 1,257
+right answers of 1,424 turned wrong). A confirmation is a few fixed tokens: leaving a right
+draft alone costs the model nothing to learn, so self-correct can only lose what it rewrites.
 The loss is on the marker, the target and the EOS only: never on the prompt, nor on the draft,
 whose mistakes must not be learnt. Plain SFT samples (prompt | reference EOS) are mixed in so that
 the model still answers directly (`build_rac_samples`). The "echo" variant, prompt | reference |
@@ -43,7 +48,7 @@ from data_tools.atomic import write_jsonl
 from data_tools.config import parse_config
 from data_tools.errors import run_tool
 from data_tools.schema import TASKS, DataError, Example
-from data_tools.scoring import RIGHT_OR_WRONG
+from data_tools.scoring import CONFIRMATION, RIGHT_OR_WRONG
 from data_tools.scoring import is_right as scorer_says_right
 from data_tools.sources import jsonl_objects, load_examples, token_ids, unique_id
 from data_tools.tokenization import (
@@ -65,7 +70,7 @@ CORRECTION_MARKER = "\nCorrection:\n"
 CUT_VARIANTS = ("whole", "first_divergence", "random")
 VARIANTS = (*CUT_VARIANTS, "echo")
 # What a draft with the right answer makes: a keep sample, a correction, or nothing.
-RIGHT_DRAFTS = ("keep", "correct", "drop")
+RIGHT_DRAFTS = ("keep", "confirm", "correct", "drop")
 
 
 @dataclass
@@ -242,14 +247,15 @@ def build_rac_samples(
     wrong one makes a correction sample: the draft cut by `variant`, then the reference. A right
     one, by `right_drafts`: "keep", a keep sample (the whole draft, then its own text again,
     whatever the cut variant: inference shows the whole draft and scores what follows the
-    marker); "correct", a correction like a wrong draft's; "drop", nothing. A draft equal to the
-    reference is right: a keep sample under "keep", nothing otherwise (nothing to correct). Tasks
+    marker); "confirm", the whole draft, then `CONFIRMATION`; "correct", a correction like a
+    wrong draft's; "drop", nothing. A draft equal to the reference is right: a keep or confirm
+    sample under those, nothing otherwise (nothing to correct). Tasks
     without a right answer (qa, summarization) take "correct" only: every draft that differs from
     the reference is a correction. Variant "echo" turns every sample the drafts make into
     prompt | reference | marker | reference EOS, so that the rows match the draft arm's in
     number, examples and shape, with no draft in them. The report counts the drafts (empty,
     equal to the reference, right and wrong: None when the task has no scorer) and the rows by
-    kind (keep, correct, echo, plain).
+    kind (keep, confirm, correct, echo, plain).
 
     `mix` is the fraction of the rows that have a draft: every such sample is used, and
     round(samples * (1 - mix) / mix) plain SFT samples (draft_ids null) are added, taken from all
@@ -289,6 +295,7 @@ def build_rac_samples(
         "right": 0 if scored else None,
         "wrong": 0 if scored else None,
         "keep": 0,
+        "confirm": 0,
         "correct": 0,
         "echo": 0,
         "plain": 0,
@@ -310,13 +317,14 @@ def build_rac_samples(
             right = scored and is_right(text, example)
             if scored:
                 report["right" if right else "wrong"] += 1
-            keep = right and right_drafts == "keep"
+            keep = right and right_drafts in ("keep", "confirm")
             if (right and right_drafts == "drop") or (equal and not keep):
                 continue
             if variant == "echo":
                 kind, shown, target = "echo", reference, example.response
             elif keep:
-                kind, shown, target = "keep", draft, text
+                kind, shown = right_drafts, draft
+                target = text if right_drafts == "keep" else CONFIRMATION
             else:
                 rng = random.Random(_hash_int(seed, example.id, k))
                 kind, target = "correct", example.response
@@ -429,7 +437,8 @@ class CorrectionArgs:
         default="keep",
         metadata={
             "help": "what a draft with the right answer (math, postfix) makes: keep (marker, the "
-            "draft again), correct (marker, the reference) or drop (nothing); other tasks: correct"
+            "draft again), confirm (marker, 'No correction.'), correct (marker, the reference) "
+            "or drop (nothing); other tasks: correct"
         },
     )
     seed: int = 0

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from transformers import PreTrainedTokenizerBase
 
 from data_tools.schema import DataError, Example
-from data_tools.scoring import final_answer_text, is_right, math_exact_match
+from data_tools.scoring import CONFIRMATION, final_answer_text, is_right, math_exact_match
 from data_tools.sources import load_examples
 from data_tools.tokenization import IGNORE_INDEX, Encoded, check_sample, encode_examples
 from methods.correction import (
@@ -221,6 +221,7 @@ def test_build_counts_and_rows(tokenizer: PreTrainedTokenizerBase) -> None:
         "right": 3,
         "wrong": 3,
         "keep": 0,
+        "confirm": 0,
         "correct": 5,
         "echo": 0,
         "plain": 5,
@@ -283,6 +284,21 @@ def test_keep_or_correct_follows_the_scorer(tokenizer: PreTrainedTokenizerBase) 
     assert out.input_ids[-len(tail) - len(keep["draft_ids"]) :] == keep["draft_ids"] + tail
     assert out.labels[-len(tail) :] == tail
     generation = tokenizer.decode(out.input_ids[-len(tail) - len(keep["draft_ids"]) :])
+    assert math_exact_match(final_answer_text(generation, CORRECTION_MARKER), REFERENCE)
+
+    # confirm: the same samples as keep, each right draft followed by the fixed confirmation,
+    # which inference reads as the draft's answer.
+    rows, report = build_rac_samples(
+        tokenizer, examples, drafts, variant="first_divergence", mix=1.0, right_drafts="confirm"
+    )
+    assert samples(rows) == [(i, "correct" if k == "correct" else "confirm") for i, k in [
+        ("ex0#rac0", "correct"), ("ex0#rac1", "keep"), ("ex0#rac2", "keep"),
+        ("ex1#rac0", "correct"), ("ex2#rac0", "keep"), ("ex2#rac1", "correct"),
+    ]]  # fmt: skip
+    assert (report["confirm"], report["keep"], report["correct"]) == (3, 0, 3)
+    confirm = {r["id"]: r for r in rows}["ex0#rac1"]
+    assert confirm["draft_ids"] == keep["draft_ids"] and confirm["response"] == CONFIRMATION
+    generation = tokenizer.decode(keep["draft_ids"]) + CORRECTION_MARKER + CONFIRMATION
     assert math_exact_match(final_answer_text(generation, CORRECTION_MARKER), REFERENCE)
 
     # drop: right drafts make nothing; correct: right ones are corrected, the reference skipped.
@@ -399,6 +415,10 @@ def test_final_answer_text() -> None:
     assert final_answer_text(text, CORRECTION_MARKER) == "Tom has 8.\n#### 8"
     assert final_answer_text("#### 8", CORRECTION_MARKER) == "#### 8"
     assert final_answer_text("a FIX b FIX c", marker=" FIX ") == "c"
+    # A confirmation stands for the answer before its marker, however many came before.
+    assert final_answer_text(f"a FIX b FIX  {CONFIRMATION}\n", marker=" FIX ") == "b"
+    assert final_answer_text(f"a FIX {CONFIRMATION} FIX {CONFIRMATION}", marker=" FIX ") == "a"
+    assert final_answer_text(f"a FIX {CONFIRMATION} and more", marker=" FIX ") != "a"
     with pytest.raises(ValueError, match="marker"):
         final_answer_text("x", marker="")
 
@@ -427,7 +447,7 @@ def test_cli_round_trip(tokenizer: PreTrainedTokenizerBase, tmp_path: Path, caps
     options += ["--seed", "3"]
     main([*argv, "--output", str(out), *options])
     printed = capsys.readouterr().out
-    assert '"keep": 0, "correct": 3' in printed and "wrote 6 rows" in printed
+    assert '"keep": 0, "confirm": 0, "correct": 3' in printed and "wrote 6 rows" in printed
 
     # as the loader reads them: GSM8K rows carry their reference's number of reasoning lines
     examples = [
@@ -493,7 +513,7 @@ def test_cli_keeps_right_drafts_and_checks_that_their_text_fits(
     argv = ["--data", str(data), "--drafts", str(gen), "--tokenizer", str(tmp_path / "tok")]
     argv += ["--output", str(tmp_path / "rac.jsonl"), "--mix", "1.0"]
     main(argv)
-    assert '"keep": 1, "correct": 0' in capsys.readouterr().out
+    assert '"keep": 1, "confirm": 0, "correct": 0' in capsys.readouterr().out
     row = json.loads((tmp_path / "rac.jsonl").read_text())
     assert (row["response"], row["meta"]["sample"]) == (long_right, "keep")
 

@@ -11,7 +11,14 @@ from rouge_score import rouge_scorer
 
 from data_tools.bootstrap import bootstrap_ci
 from data_tools.schema import DataError
-from data_tools.scoring import extract_answer, is_right, math_exact_match, rouge, score_file
+from data_tools.scoring import (
+    CONFIRMATION,
+    extract_answer,
+    is_right,
+    math_exact_match,
+    rouge,
+    score_file,
+)
 from generate.score import main
 from methods.correction import CORRECTION_MARKER
 
@@ -274,13 +281,14 @@ def test_self_correction_passes_and_flips(tmp_path: Path, capsys: pytest.Capture
         {"id": "c", "generation": "#### 7", "reference": "#### 7"},
         {"id": "d", "generation": f"Tom has 8 coins.\n#### 8{m}#### 8", "reference": "#### 8"},
         {"id": "e", "generation": f"#### 1{m}#### 2{m}#### 3", "reference": "#### 9"},
+        {"id": "f", "generation": f"#### 5{m}{CONFIRMATION}", "reference": "#### 5"},  # kept
     ]
     path = write_generations(tmp_path / "gen.jsonl", rows)
     main(["--generations", str(path), "--task", "math"])
     summary = json.loads((tmp_path / "gen.summary.json").read_text())
-    first = [0.0, 1.0, 1.0, 1.0, 0.0]
-    assert summary["correct"] == 3 and summary["first_pass_correct"] == 3
-    assert summary["first_pass_exact_match"] == 0.6
+    first = [0.0, 1.0, 1.0, 1.0, 0.0, 1.0]
+    assert summary["correct"] == 4 and summary["first_pass_correct"] == 4
+    assert summary["first_pass_exact_match"] == 4 / 6
     assert summary["first_pass_exact_match_ci"] == bootstrap_ci(first)
     assert (summary["right_to_wrong"], summary["wrong_to_right"]) == (1, 1)
     examples = [json.loads(x) for x in (tmp_path / "gen.summary.examples.jsonl").open()]
@@ -290,10 +298,11 @@ def test_self_correction_passes_and_flips(tmp_path: Path, capsys: pytest.Capture
         (True, True),
         (True, True),
         (False, False),
+        (True, True),
     ]
     lo, hi = bootstrap_ci(first)
     assert capsys.readouterr().out.splitlines()[1] == (
-        f"first_pass_exact_match: 0.6000 [{lo:.4f}, {hi:.4f}] (3/5; exact_match is the second "
+        f"first_pass_exact_match: 0.6667 [{lo:.4f}, {hi:.4f}] (4/6; exact_match is the second "
         "pass's), flips: 1 right->wrong, 1 wrong->right"
     )
 
