@@ -1,5 +1,6 @@
-"""The study's records (bench/compare_shift.py): a record made under another config is refused,
-and the summary pools the seeds' per-problem answers into the paired tests it prints."""
+"""The study (bench/compare_shift.py): a record made under another config is refused, the tuning
+chooses by its fixed rule, and the summary pools the seeds' per-problem answers into the paired
+tests it prints."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import random
 
 import pytest
 
+from bench import compare_shift
 from bench.compare_dpo import mcnemar
 from bench.compare_shift import CompareShiftArgs, load, summarise
 from data_tools.bootstrap import paired_bootstrap
@@ -81,3 +83,31 @@ def test_the_summary_pools_the_seeds_against_sft_continued(capsys) -> None:
     assert "| rac | - | 0.5 | 3 | 5 |" in printed
     assert "Diagnostics, seed 0" in printed
     assert "| bash | test_10 | 0.250 | - | - | 0.125 | 0.500 | arithmetic 1,200 |" in printed
+
+
+def test_tuning_ranks_bash_by_exact_match_and_rac_by_its_worse_mode(tmp_path, monkeypatch) -> None:
+    """The choice over fixed validation scores: RAC's best direct variant loses to one whose
+    self-correct mode does not collapse; BASH's 2-round trial continues its best variant."""
+    direct = {"rac_keep_whole": (0.70, 0.10), "rac_correct_whole": (0.66, 0.64)}
+    bash = {"bash_p0.5_ramp32": 0.72, "bash_p0.5_ramp32_2_rounds": 0.64}
+
+    def fake_pipeline(args, run_dir, *options):
+        name = run_dir.name
+        if "--methods" in options and options[options.index("--methods") + 1] == "rac":
+            d, s = direct.get(name, (0.5, 0.5))
+            return {"rac": {"exact_match": d}, "rac_self_correct": {"exact_match": s}}
+        return {"bash": {"exact_match": bash.get(name, 0.6)}}
+
+    monkeypatch.setattr(compare_shift, "pipeline", fake_pipeline)
+    tuning = compare_shift.tune(CompareShiftArgs(output_dir=str(tmp_path)), tmp_path / "base")
+    chosen = {m: name for m, (name, _) in tuning["chosen"].items()}
+    assert chosen == {
+        "bash": "bash p0.5 ramp32",
+        "rac": "rac correct whole",
+        "scs": "scs p0.5 ramp32",
+        "rac_echo": "rac correct whole, echo",
+    }
+    rows = {r["variant"]: r for r in tuning["validation"]}
+    assert rows["rac keep whole"]["self_correct_exact_match"] == 0.10
+    assert "self_correct_exact_match" not in rows["bash p0.5"]
+    assert "bash p0.5 ramp32, 2 rounds" in rows
