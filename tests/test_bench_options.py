@@ -11,6 +11,7 @@ from bench.compare_shift import CompareShiftArgs
 from bench.data_memory import DataMemoryArgs
 from bench.gpu_check import GpuCheckArgs
 from bench.loss_memory import LossMemoryArgs
+from bench.slot_waste import SlotWasteArgs, slots
 
 
 @pytest.mark.parametrize(
@@ -30,6 +31,8 @@ from bench.loss_memory import LossMemoryArgs
         (lambda: GpuCheckArgs(output="o.json", warmup_steps=-1), "warmup_steps must be at least 0"),
         (lambda: LossMemoryArgs(prompt_fraction=1.0), r"prompt_fraction must be in \[0, 1\)"),
         (lambda: LossMemoryArgs(arm="fused"), "arm must be one of"),
+        (lambda: SlotWasteArgs(tokenizer="t"), "give one of generations or data"),
+        (lambda: SlotWasteArgs(tokenizer="t", data="d", batch_sizes="8,0"), "batch_sizes must"),
     ],
 )
 def test_a_bad_option_is_refused_by_name(make, message: str) -> None:
@@ -39,3 +42,13 @@ def test_a_bad_option_is_refused_by_name(make, message: str) -> None:
 
 def test_compare_shift_defaults_its_folder_to_the_family() -> None:
     assert CompareShiftArgs(family="postfix").output_dir == "bench_runs/shift_postfix"
+
+
+def test_slot_waste_counts_the_slots_a_batch_leaves_idle() -> None:
+    # Prompts longest first: batches (0, 1) and (2, 3) on one rank; rank-dealt with 2 ranks.
+    prompts, answers = [9, 8, 7, 6], [10, 2, 4, 4]
+    one = slots(prompts, answers, batch_size=2, ranks=1)
+    assert one == {"used": 20, "idle": 8, "prompt": 30, "padding": 2, "steps": 14}
+    two = slots(prompts, answers, batch_size=2, ranks=2)  # rank 0: prompts 0, 2; rank 1: 1, 3
+    assert two == {"used": 20, "idle": 8, "prompt": 30, "padding": 4, "steps": 14}
+    assert slots(prompts, answers, batch_size=1, ranks=1)["idle"] == 0
