@@ -325,8 +325,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 def print_diagnostics(diagnostics: dict[str, dict[str, Any]]) -> None:
     """Seed 0's diagnostics per model: induced against propagated errors per split, with the
     first step's error rate, the share of the reference's steps never written and the local
-    errors' reasons, then the exposure-bias gap and the
-    injection's outcomes on the test split."""
+    errors' reasons, then the exposure-bias gap and the injection's outcomes on the test split."""
     print("\n### Diagnostics, seed 0: induced against propagated errors\n")
     print(
         "| model | split | P(local error \\| none earlier) | P(local error \\| an earlier one) ",

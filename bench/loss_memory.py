@@ -51,6 +51,9 @@ class LossMemoryArgs:
     arm: str | None = field(default=None, metadata={"help": "internal: run this arm"})
 
     def __post_init__(self) -> None:
+        for name, least in (("layers", 1), ("rows", 1), ("max_length", 2), ("steps", 1)):
+            if getattr(self, name) < least:
+                raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
         if not 0 <= self.prompt_fraction < 1:
             raise ValueError(f"prompt_fraction must be in [0, 1), got {self.prompt_fraction}")
         if self.arm not in (None, *ARMS):

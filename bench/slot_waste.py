@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         prompt_texts = [e.prompt for e in examples]
         answers = [len(ids) + 1 for ids in response_ids(tokenizer, [e.response for e in examples])]
         source = f"{args.data}: the references' lengths (+ EOS) as the answers"
+    if not answers:
+        raise ValueError(f"{args.generations or args.data}: no answers to count")
     prompts = [len(p) for p in encode_prompts(tokenizer, prompt_texts, args.max_prompt_length)[0]]
     print(
         f"{source}; {len(answers)} answers of {min(answers)}-{max(answers)} tokens (mean "

@@ -12,8 +12,8 @@ differently and, rarely, flip a near-tie; that is true of any batched bf16 decod
 Greedy decoding can also run with transformers' continuous batching (`generate_batch`, paged
 attention): a finished row's slot takes the next prompt instead of waiting for the batch's
 longest answer. Its outputs are one-by-one greedy decoding's (tested); whether it is faster is
-the device's to say (`bench/gpu_check.sh` measures both on a GPU; on CPU it measured about 70x
-slower), so it is an option, off by default.
+the device's to say (`bench/gpu_check.sh` measures both; on CPU it was far slower,
+bench/RESULTS.md), so it is an option, off by default.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ from bench.data_memory import DataMemoryArgs
 from bench.gpu_check import GpuCheckArgs
 from bench.loss_memory import LossMemoryArgs
 from bench.slot_waste import SlotWasteArgs, slots
+from bench.slot_waste import main as slot_waste
+from data_tools.schema import DataError
 
 
 @pytest.mark.parametrize(
@@ -31,6 +33,8 @@ from bench.slot_waste import SlotWasteArgs, slots
         (lambda: GpuCheckArgs(output="o.json", warmup_steps=-1), "warmup_steps must be at least 0"),
         (lambda: LossMemoryArgs(prompt_fraction=1.0), r"prompt_fraction must be in \[0, 1\)"),
         (lambda: LossMemoryArgs(arm="fused"), "arm must be one of"),
+        (lambda: LossMemoryArgs(steps=0), "steps must be at least 1, got 0"),
+        (lambda: LossMemoryArgs(max_length=1), "max_length must be at least 2, got 1"),
         (lambda: SlotWasteArgs(tokenizer="t"), "give one of generations or data"),
         (lambda: SlotWasteArgs(tokenizer="t", data="d", batch_sizes="8,0"), "batch_sizes must"),
     ],
@@ -52,3 +56,16 @@ def test_slot_waste_counts_the_slots_a_batch_leaves_idle() -> None:
     two = slots(prompts, answers, batch_size=2, ranks=2)  # rank 0: prompts 0, 2; rank 1: 1, 3
     assert two == {"used": 20, "idle": 8, "prompt": 30, "padding": 4, "steps": 14}
     assert slots(prompts, answers, batch_size=1, ranks=1)["idle"] == 0
+
+
+def test_slot_waste_names_a_bad_row_and_refuses_an_empty_file(tmp_path, tokenizer) -> None:
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    argv = ["--tokenizer", str(tmp_path / "tokenizer"), "--generations"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1 + 1?", "generation_ids": [3, 4]}\n{"prompt": "2 + 2?"}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:2.*generation_ids.*missing or not a list"):
+        slot_waste([*argv, str(bad)])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=r"empty\.jsonl: no answers to count"):
+        slot_waste([*argv, str(empty)])
