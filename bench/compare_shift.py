@@ -6,7 +6,7 @@ split and on the shifted ones.
     python -m bench.compare_shift --family postfix  [--seeds 0,1,2,3,4]
 
 1. Tuning on the validation split, from seed 0's SFT base: the BASH and RAC variants of
-   `VARIANTS`, then the best BASH variant with 2 rounds; the best of each by validation exact
+   `VARIANTS`, then the best BASH and RAC variants with 2 rounds; the best of each by validation exact
    match (RAC's: the lower of direct and self-correct), a tie going to the simpler (earlier)
    one. No shifted split is evaluated here.
 2. The test splits, touched once: per seed its own SFT base (the config's task, data and model
@@ -56,7 +56,7 @@ DIAGNOSTICS = {
 }
 # Variants tried on validation, (name, method, pipeline options), every option spelled out.
 _BASH = ["--ss_schedule", "constant", "--bash_rounds", "1"]
-_RAC = ["--rac_mix", "0.25"]
+_RAC = ["--rac_mix", "0.25", "--rac_rounds", "1"]
 VARIANTS = [
     ("bash p0.25", "bash", [*_BASH, "--ss_p_max", "0.25", "--ss_position_ramp", "0"]),
     ("bash p0.5", "bash", [*_BASH, "--ss_p_max", "0.5", "--ss_position_ramp", "0"]),
@@ -86,7 +86,9 @@ VARIANTS = [
     ),
 ]
 VALIDATION_ONLY = ["--report_split", "validation", "--eval_splits", ""]
-TWO_ROUNDS = ["--bash_rounds", "2"]  # tried on the best BASH variant (later options win)
+# Tried on the best BASH variant, and (added with the amendment's second part, before any
+# postfix run) on the best RAC variant; later options win.
+TWO_ROUNDS = {"bash": ["--bash_rounds", "2"], "rac": ["--rac_rounds", "2"]}
 
 
 @dataclass
@@ -141,7 +143,7 @@ def load(path: Path, stamp: str) -> dict[str, Any] | None:
 
 
 def tune(args: CompareShiftArgs, base: Path) -> dict[str, Any]:
-    """Each method's best variant on validation (seed 0's base), BASH's with 1 or 2 rounds; SCS
+    """Each method's best variant on validation (seed 0's base), with 1 or 2 rounds; SCS
     gets BASH's schedule, RAC-echo RAC's options. RAC is ranked by the lower of its direct and
     self-correct exact match."""
     table, best = [], {}
@@ -165,8 +167,9 @@ def tune(args: CompareShiftArgs, base: Path) -> dict[str, Any]:
     print("\n| variant | validation exact match | ranked by |\n|---|---:|---:|")
     for name, method, options in VARIANTS:
         trial(name, method, options)
-    _, name, options = best["bash"]
-    trial(f"{name}, 2 rounds", "bash", [*options, *TWO_ROUNDS])
+    for method, rounds in TWO_ROUNDS.items():
+        _, name, options = best[method]
+        trial(f"{name}, 2 rounds", method, [*options, *rounds])
     chosen = {method: (name, options) for method, (_, name, options) in best.items()}
     name, options = chosen["bash"]
     chosen["scs"] = (name.replace("bash", "scs"), scs_options(options))

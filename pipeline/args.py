@@ -147,6 +147,9 @@ class PipelineArgs:
             "default: method_examples * rac_mix, as many drafts as correction rows needed"
         },
     )
+    rac_rounds: int = field(
+        default=1, metadata={"help": "draft again with the newest model every round"}
+    )
     rac_variant: str = CorrectionArgs.variant
     rac_mix: float = CorrectionArgs.mix
     rac_right_drafts: str = CorrectionArgs.right_drafts

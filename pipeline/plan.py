@@ -248,30 +248,42 @@ def bash_stages(b: Builder) -> Path:
 
 
 def rac_stages(b: Builder) -> Path:
-    """RAC: the SFT model's drafts, the correction samples built from them, training."""
+    """RAC: per round, the newest model's drafts, the correction samples built from them, then
+    training on them for the round's share of the steps (SCoRe and STaSC: drafts of an older
+    model are fixed too easily to teach correction)."""
     a, out, n = b.args, b.run / "rac", str(b.args.method_examples)
     prompts = a.rac_prompts or round(a.method_examples * a.rac_mix)
-    drafts = b.generate(
-        "rac_drafts",
-        b.sft,
-        b.splits["train"],
-        out / "drafts.jsonl",
-        *("--limit", str(min(prompts, a.method_examples))),
-    )
-    samples = out / "train.jsonl"
-    b.add(
-        "rac_build",
-        "methods.correction",
-        ["--data", str(b.splits["train"]), "--limit", n, "--drafts", str(drafts)]
-        + ["--task", a.task, "--tokenizer", str(b.sft), "--output", str(samples)]
-        + ["--variant", a.rac_variant, "--mix", str(a.rac_mix)]
-        + ["--right_drafts", a.rac_right_drafts]
-        + ["--seed", str(a.seed), "--max_length", str(a.max_length)],
-        samples,
-    )
-    return b.method_train(
-        "rac", out, *("--mode", "rac", "--data", str(samples), "--data_format", "plain")
-    )
+    model = b.sft
+    for r in range(1, a.rac_rounds + 1):
+        seed = str(a.seed + r - 1)  # each round its own samples and order
+        drafts = b.generate(
+            f"rac_drafts_{r}",
+            model,
+            b.splits["train"],
+            out / f"round{r}_drafts.jsonl",
+            *("--limit", str(min(prompts, a.method_examples))),
+        )
+        samples = out / f"round{r}_train.jsonl"
+        b.add(
+            f"rac_build_{r}",
+            "methods.correction",
+            ["--data", str(b.splits["train"]), "--limit", n, "--drafts", str(drafts)]
+            + ["--task", a.task, "--tokenizer", str(b.sft), "--output", str(samples)]
+            + ["--variant", a.rac_variant, "--mix", str(a.rac_mix)]
+            + ["--right_drafts", a.rac_right_drafts]
+            + ["--seed", seed, "--max_length", str(a.max_length)],
+            samples,
+        )
+        model = b.train(
+            f"rac_round{r}",
+            out / f"round{r}",
+            ["--model_name_or_path", str(model)],
+            a.method_steps // a.rac_rounds,
+            a.method_learning_rate,
+            *("--mode", "rac", "--data", str(samples), "--data_format", "plain"),
+            *("--seed", seed),
+        )
+    return model
 
 
 def preference_pairs(b: Builder, name: str, split: str, prompts: int) -> Path:
@@ -499,6 +511,13 @@ def build_plan(args: PipelineArgs) -> Plan:
         raise ValueError(f"dpo_after {without}: DPO continues a method's model; add it to methods")
     if args.model_name_or_path is None and args.model_config is None and not args.base_dir:
         raise ValueError("give model_name_or_path (a pretrained model) or model_config (a new one)")
+    for option in ("bash_rounds", "rac_rounds"):
+        rounds = getattr(args, option)
+        if rounds < 1 or args.method_steps % rounds:
+            raise ValueError(
+                f"{option} {rounds}: method_steps ({args.method_steps}) must split into "
+                "that many equal rounds, so that every method gets the same budget"
+            )
     check_task(args)
     b = Builder(args)
     base_stages(b)

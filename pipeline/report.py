@@ -23,10 +23,10 @@ COSTS = {
     "pretrained": (),
     "sft_base": ("sft_base",),
     "sft": ("sft",),
-    "rac": ("rac_drafts", "rac_build", "rac"),
-    "rac_self_correct": ("rac_drafts", "rac_build", "rac"),
     "scs": ("scs",),
 }
+# The models trained in rounds, each round's stages named "<method>_..." (pipeline.plan).
+ROUNDS = {"bash": "bash", "rac": "rac", "rac_self_correct": "rac"}
 DPO_PAIRS = ("dpo_samples", "dpo_pairs")  # the training pairs, shared by every DPO row
 
 
@@ -42,8 +42,8 @@ def _cost_stages(name: str, stages: list[str]) -> list[str]:
         start = name.removesuffix(DPO_SUFFIX)
         own = (*DPO_PAIRS, f"dpo_reference_{start}", name)
         return _cost_stages(start, stages) + [s for s in stages if s in own]
-    if name == "bash":  # every round's predictions and training
-        return [s for s in stages if s.startswith("bash_")]
+    if name in ROUNDS:  # every round's model tokens and training
+        return [s for s in stages if s.startswith(f"{ROUNDS[name]}_")]
     return [s for s in stages if s in COSTS[name]]
 
 
@@ -60,9 +60,10 @@ def _metrics_files(run: Path, base: Path, name: str) -> list[Path]:
         return []
     if name == "sft_base":
         return [base / "sft_base" / "metrics.jsonl"]
-    if name == "bash":
-        return sorted((run / "bash").glob("round*/metrics.jsonl"))
-    return [run / ("rac" if name == "rac_self_correct" else name) / "metrics.jsonl"]
+    if name in ROUNDS:
+        rounds = (run / ROUNDS[name]).glob("round*/metrics.jsonl")
+        return sorted(rounds, key=lambda f: int(f.parent.name.removeprefix("round")))
+    return [run / name / "metrics.jsonl"]
 
 
 def _training_cost(run: Path, base: Path, name: str) -> tuple[int, int]:

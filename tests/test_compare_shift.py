@@ -87,8 +87,13 @@ def test_the_summary_pools_the_seeds_against_sft_continued(capsys) -> None:
 
 def test_tuning_ranks_bash_by_exact_match_and_rac_by_its_worse_mode(tmp_path, monkeypatch) -> None:
     """The choice over fixed validation scores: RAC's best direct variant loses to one whose
-    self-correct mode does not collapse; BASH's 2-round trial continues its best variant."""
-    direct = {"rac_keep_whole": (0.70, 0.10), "rac_correct_whole": (0.66, 0.64)}
+    self-correct mode does not collapse; each 2-round trial continues its method's best variant
+    and wins only when better (RAC's here, BASH's not)."""
+    direct = {
+        "rac_keep_whole": (0.70, 0.10),
+        "rac_correct_whole": (0.66, 0.64),
+        "rac_correct_whole_2_rounds": (0.65, 0.65),
+    }
     bash = {"bash_p0.5_ramp32": 0.72, "bash_p0.5_ramp32_2_rounds": 0.64}
 
     def fake_pipeline(args, run_dir, *options):
@@ -103,10 +108,13 @@ def test_tuning_ranks_bash_by_exact_match_and_rac_by_its_worse_mode(tmp_path, mo
     chosen = {m: name for m, (name, _) in tuning["chosen"].items()}
     assert chosen == {
         "bash": "bash p0.5 ramp32",
-        "rac": "rac correct whole",
+        "rac": "rac correct whole, 2 rounds",
         "scs": "scs p0.5 ramp32",
-        "rac_echo": "rac correct whole, echo",
+        "rac_echo": "rac correct whole, 2 rounds, echo",
     }
+    rac_options = tuning["chosen"]["rac"][1]
+    assert rac_options[-2:] == ["--rac_rounds", "2"] and "--bash_rounds" not in rac_options
+    assert tuning["chosen"]["rac_echo"][1][-4:] == ["--rac_rounds", "2", "--rac_variant", "echo"]
     rows = {r["variant"]: r for r in tuning["validation"]}
     assert rows["rac keep whole"]["self_correct_exact_match"] == 0.10
     assert "self_correct_exact_match" not in rows["bash p0.5"]

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 
 TINY = [
     *(*TINY_PIPELINE, "--nproc", "1", "--dpo_after", "rac", "--dpo_steps", "4"),
+    *("--rac_rounds", "2"),  # the second round's drafts by the first round's model
     # A length-shifted split of 8 problems, every model evaluated on it too (a report column).
     *("--synthetic_sizes", "train=300,validation=24,test=24,shifted_size=8"),
     *("--shifted_steps", "6-7", "--eval_splits", "test_6to7"),
@@ -121,6 +122,14 @@ def test_pipeline_resumes_after_kill(tmp_path: Path) -> None:
     assert dpo["forward_sequences"] > rac["forward_sequences"]
     assert dpo["train_wall_s"] > rac["train_wall_s"] > 0
     assert 0 <= dpo["preference_accuracy"] <= 1  # on the held-out pairs, at the end
+    # RAC's two rounds: the second drafted by the first's model, each trained half the steps.
+    drafts = [
+        json.loads((run_dir / f"rac/round{r}_drafts.jsonl").open().readline()) for r in (1, 2)
+    ]
+    assert drafts[0]["model_fingerprint"] != drafts[1]["model_fingerprint"]
+    for r in (1, 2):
+        rows = [json.loads(line) for line in (run_dir / f"rac/round{r}/metrics.jsonl").open()]
+        assert [row["step"] for row in rows if "train/loss" in row] == [1, 2, 3]
     steps = [json.loads(line) for line in (run_dir / "rac+dpo/metrics.jsonl").open()]
     assert [r["step"] for r in steps] == [1, 2, 3, 4] and "train/reward_margin" in steps[0]
 

@@ -31,7 +31,7 @@ def options(stage: Stage) -> dict[str, str]:
 
 
 def test_stages_wait_for_what_they_read() -> None:
-    plan = plan_of("--bash_rounds", "2")
+    plan = plan_of("--bash_rounds", "2", "--rac_rounds", "3")
     after = {s.name: set(s.after) for s in plan.stages}
     names = [s.name for s in plan.stages]
     for stage in plan.stages:  # an order that runs every stage after its inputs
@@ -39,9 +39,36 @@ def test_stages_wait_for_what_they_read() -> None:
     assert after["sft_base"] == {"data", "tokenizer"}
     assert after["bash_predictions_2"] == {"data", "bash_round1"}
     assert after["bash_round2"] == {"data", "bash_round1", "bash_predictions_2"}
-    assert after["rac"] == {"data", "sft_base", "rac_build"}
-    assert after["eval_test_rac_self_correct"] == {"data", "rac"}
+    assert after["rac_drafts_2"] == {"data", "rac_round1"}
+    assert after["rac_round3"] == {"data", "rac_round2", "rac_build_3"}
+    assert after["eval_test_rac_self_correct"] == {"data", "rac_round3"}
     assert set(plan.evaluations) == {"sft_base", "sft", "bash", "rac", "rac_self_correct", "scs"}
+
+
+def test_rounds_draft_with_the_newest_model_and_share_the_budget() -> None:
+    """BASH's and RAC's rounds: each round's model tokens come from the previous round's model
+    (the first from the SFT base), each round trains method_steps / rounds steps from it with
+    its own seed, and the last round's model is the one evaluated."""
+    plan = plan_of("--bash_rounds", "3", "--rac_rounds", "3", "--seed", "7")
+    stages, run = {s.name: s for s in plan.stages}, plan.run_dir
+    for method, tokens in (("bash", "bash_predictions"), ("rac", "rac_drafts")):
+        model = run / "sft_base/export"
+        for r in (1, 2, 3):
+            made, train = options(stages[f"{tokens}_{r}"]), options(stages[f"{method}_round{r}"])
+            assert made["--model_name_or_path"] == str(model)
+            assert train["--model_name_or_path"] == str(model)
+            assert (train["--max_steps"], train["--seed"]) == ("50", str(6 + r))
+            model = Path(train["--output_dir"]) / "export"
+        assert options(stages[f"eval_test_{method}"])["--model_name_or_path"] == str(model)
+    for r in (1, 2, 3):
+        build = options(stages[f"rac_build_{r}"])
+        assert build["--drafts"] == options(stages[f"rac_drafts_{r}"])["--output"]
+        assert options(stages[f"rac_round{r}"])["--data"] == build["--output"]
+        assert build["--seed"] == str(6 + r)
+    for option in ("--bash_rounds", "--rac_rounds"):
+        for rounds in ("0", "4"):  # 150 steps do not split into 4 equal rounds
+            with pytest.raises(ValueError, match=f"{option[2:]} {rounds}: method_steps"):
+                plan_of(option, rounds)
 
 
 def test_a_run_from_a_base_plans_no_base_stage(tmp_path) -> None:
@@ -95,7 +122,7 @@ def test_dpo_continues_each_method_from_one_set_of_pairs_with_the_same_budget() 
     assert samples["--data"] == pairs["--data"] == str(run / "data/train.jsonl")
     assert options(stages["dpo_eval_pairs"])["--data"] == str(run / "data/validation.jsonl")
     assert stages["dpo_pairs"].after == ("data", "dpo_samples", "sft_base")
-    starts = {"sft": "sft", "rac": "rac", "bash": "bash/round1"}
+    starts = {"sft": "sft", "rac": "rac/round1", "bash": "bash/round1"}
     budgets = set()
     for method, start in starts.items():
         train, name = options(stages[f"{method}+dpo"]), f"{method}+dpo"
@@ -276,9 +303,7 @@ def test_diagnostics_are_stages_of_every_evaluated_model_with_their_tools_option
             assert data_args.data == str(run / "data/test.jsonl") and data_args.limit == 50
             assert args.output_dir == str(run / "diagnostics/test" / model / kind)
             assert stage.output == Path(args.output_dir) / f"{kind}.json"
-            trained_by = (
-                "sft_base" if model == "sft_base" else {"bash": "bash_round1"}.get(model, model)
-            )
+            trained_by = {"bash": "bash_round1", "rac": "rac_round1"}.get(model, model)
             assert trained_by in stage.after
         assert args.step_list() == [1, 2, 3] and args.max_prompt_length == 128
     assert options(stages["eval_test_10_sft"])["--max_prompt_length"] == "128"
@@ -307,6 +332,6 @@ def test_continuous_batching_reaches_the_greedy_generations_only() -> None:
             continuous.add(stage.name)
         greedy = not (args.do_sample or args.teacher_forced or args.pair_logps)
         assert args.continuous_batching == greedy, stage.name
-    assert {"eval_test_sft", "eval_test_rac_self_correct", "rac_drafts"} <= continuous
-    assert {"dpo_samples", "bash_predictions"} & {s.name for s in generations} - continuous
+    assert {"eval_test_sft", "eval_test_rac_self_correct", "rac_drafts_1"} <= continuous
+    assert {"dpo_samples", "bash_predictions_1"} <= {s.name for s in generations} - continuous
     assert not any("--continuous_batching" in s.args for s in plan_of().stages)  # off by default
