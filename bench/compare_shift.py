@@ -6,13 +6,14 @@ split and on the shifted ones.
     python -m bench.compare_shift --family postfix  [--seeds 0,1,2,3,4]
 
 1. Tuning on the validation split, from seed 0's SFT base: the BASH and RAC variants of
-   `VARIANTS`, then the best BASH and RAC variants with 2 rounds; the best of each by validation exact
-   match (RAC's: the lower of direct and self-correct), a tie going to the simpler (earlier)
-   one. No shifted split is evaluated here.
+   `VARIANTS`, then the best BASH and RAC variants with 2 rounds; the best of each by validation
+   exact match (RAC's: the lower of direct and self-correct), a tie going to the simpler
+   (earlier) one. No shifted split is evaluated here.
 2. The test splits, touched once: per seed its own SFT base (the config's task, data and model
-   with that seed), and from it every arm for the same steps, batch and examples; every model
-   on the test split and on the config's `eval_splits`; seed 0's models also get the family's
-   `DIAGNOSTICS` (pipeline stages).
+   with that seed), and from it every arm for the same steps, batch and examples (and the
+   family's `AMENDED_ARMS`, added after its choice was frozen, from seed `AMENDED_FROM` on);
+   every model on the test split and on the config's `eval_splits`; seed 0's models also get
+   the family's `DIAGNOSTICS` (pipeline stages).
 3. Per arm against SFT continued, per split: the per-seed difference with the exact McNemar test
    on the same problems, and a paired bootstrap over every (seed, problem); RAC's first and
    second pass with the flips; BASH's and SCS's changed fraction; the cost; seed 0's
@@ -20,8 +21,8 @@ split and on the shifted ones.
 
 A session's machine keeps no runs, so the study spans sessions through `results_dir` (in the
 repository): the tuning's choice and each seed's per-problem answers are written there as they
-finish, and a later invocation reads them instead of running again (a record made under another
-config or `pipeline_options` is refused). Every run is a `pipeline` run, so a rerun on the same
+finish, and a later invocation reads them instead of running again, running only the arms a
+record lacks (a record made under another config or `pipeline_options` is refused). Every run is a `pipeline` run, so a rerun on the same
 machine also skips what is finished; `--pipeline_options` adds options to every run (e.g. fewer
 steps for a smoke run). Prints markdown for bench/RESULTS.md and writes
 <output_dir>/summary.json.
@@ -85,6 +86,19 @@ VARIANTS = [
         [*_RAC, "--rac_right_drafts", "confirm", "--rac_variant", "whole"],
     ),
 ]
+# Arms added to a family's study after its choice was frozen (bench/RESULTS.md, the amendment's
+# third part), run from seed AMENDED_FROM on: seed 0's base was trained by older code, which a
+# base made now would not reproduce, so an arm added to seed 0 would not continue the base of
+# that seed's other arms. An arm is named for its method, with a suffix for its variant.
+AMENDED_ARMS = {
+    "math": {
+        "rac_confirm": (
+            "rac confirm whole",
+            [*_RAC, "--rac_right_drafts", "confirm", "--rac_variant", "whole"],
+        )
+    },
+}
+AMENDED_FROM = 1
 VALIDATION_ONLY = ["--report_split", "validation", "--eval_splits", ""]
 # Tried on the best BASH variant, and (added with the amendment's second part, before any
 # postfix run) on the best RAC variant; later options win.
@@ -226,16 +240,22 @@ def diagnostics(root: Path, model: str, splits: list[str]) -> dict[str, Any]:
     return out
 
 
-def run_seed(args: CompareShiftArgs, seed: int, chosen: dict[str, Any]) -> dict[str, Any]:
-    """One seed's base and arms, run (or finished), then read back into a record: each model's
-    answers per split, RAC's passes, the changed fraction, the cost and (seed 0) diagnostics."""
+def run_seed(
+    args: CompareShiftArgs,
+    seed: int,
+    arms: dict[str, tuple[str, list[str]]],
+    record: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One seed's base and `arms`, run (or finished), then read back into its record (a new one,
+    or `record` with these arms added): each model's answers per split, RAC's passes, the
+    changed fraction, the cost and (seed 0) diagnostics."""
     out = Path(args.output_dir) / "test" / f"seed{seed}"
     extra = ["--diagnostics", DIAGNOSTICS[args.family]] if seed == 0 else []
     base = out / "base"
     pipeline(args, base, "--seed", str(seed), "--methods", "", *extra)
-    record: dict[str, Any] = {"stamp": args.stamp(), "seed": seed, "models": {}}
-    for arm, (_, options) in {"sft": ("", []), **chosen}.items():
-        method = "rac" if arm == "rac_echo" else arm
+    record = record or {"stamp": args.stamp(), "seed": seed, "models": {}}
+    for arm, (_, options) in arms.items():
+        method = arm.split("_")[0]
         run_dir = out / arm
         results = pipeline(
             args, run_dir, "--base_dir", str(base), "--seed", str(seed), "--methods", method,
@@ -271,16 +291,21 @@ def rate(bits: str) -> float:
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Per split, each model against SFT continued over the seeds' records; printed as markdown."""
     seeds = [r["seed"] for r in records]
-    models = list(records[0]["models"])
+    models = list(dict.fromkeys(m for r in records for m in r["models"]))
+    having = {m: [r for r in records if m in r["models"]] for m in models}
+    label = {  # a model of fewer seeds (an amended arm) names them
+        m: m if len(rs) == len(records) else f"{m} (seeds {', '.join(str(r['seed']) for r in rs)})"
+        for m, rs in having.items()
+    }
     summary: dict[str, Any] = {"seeds": seeds, "splits": {}}
     for split in records[0]["models"]["sft"]["answers"]:
         print(f"\n### {split} (seeds {', '.join(map(str, seeds))}): against SFT continued\n")
         print("| model | exact match per seed | difference per seed (McNemar p) | ", end="")
         print("pooled difference [95%], p |\n|---|---|---|---|")
-        baseline = [r["models"]["sft"]["answers"][split] for r in records]
         rows = {}
         for model in models:
-            per_seed = [r["models"][model]["answers"][split] for r in records]
+            baseline = [r["models"]["sft"]["answers"][split] for r in having[model]]
+            per_seed = [r["models"][model]["answers"][split] for r in having[model]]
             ems = [rate(bits) for bits in per_seed]
             row: dict[str, Any] = {"exact_match": ems}
             cells = "(baseline) | "
@@ -298,7 +323,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
                 cells += (
                     f" | {pooled['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], p {pooled['p']:.4f}"
                 )
-            print(f"| {model} | {', '.join(f'{e:.3f}' for e in ems)} | {cells} |")
+            print(f"| {label[model]} | {', '.join(f'{e:.3f}' for e in ems)} | {cells} |")
             rows[model] = row
         summary["splits"][split] = rows
 
@@ -306,7 +331,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     print("| model | changed fraction | first pass (test) | right->wrong | wrong->right | ", end="")
     print("trained tokens | forward sequences |\n|---|---:|---:|---:|---:|---:|---:|")
     for model in models:
-        entries = [r["models"][model] for r in records]
+        entries = [r["models"][model] for r in having[model]]
         cells = []
         changed = [e["changed_fraction"] for e in entries if e["changed_fraction"] is not None]
         cells.append(f"{mean(changed):.3f}" if changed else "-")
@@ -316,7 +341,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         for key in ("trained_tokens", "forward_sequences"):
             costs = [e["cost"][key] for e in entries if "cost" in e]
             cells.append(f"{mean(costs):,.0f}" if costs else "-")
-        print(f"| {model} | " + " | ".join(cells) + " |")
+        print(f"| {label[model]} | " + " | ".join(cells) + " |")
 
     first = next((r for r in records if r["seed"] == 0), None)
     if first is not None:
@@ -379,8 +404,12 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seed_list():
         path = results / f"seed{seed}.json"
         record = load(path, stamp)
-        if record is None:
-            record = run_seed(args, seed, chosen)
+        arms = {"sft": ("sft continued", []), **chosen}
+        if seed >= AMENDED_FROM:
+            arms |= AMENDED_ARMS.get(args.family, {})
+        missing = {a: v for a, v in arms.items() if record is None or a not in record["models"]}
+        if missing:  # a new seed, or arms added since its record was written
+            record = run_seed(args, seed, missing, record)
             write_json(path, record)
         print(f"seed {seed}: {path}", flush=True)
         records.append(record)

@@ -119,3 +119,40 @@ def test_tuning_ranks_bash_by_exact_match_and_rac_by_its_worse_mode(tmp_path, mo
     assert rows["rac keep whole"]["self_correct_exact_match"] == 0.10
     assert "self_correct_exact_match" not in rows["bash p0.5"]
     assert "bash p0.5 ramp32, 2 rounds" in rows
+
+
+def test_an_amended_arm_is_paired_over_the_seeds_that_have_it(capsys) -> None:
+    records = [record(0), record(1), record(2)]
+    for r in records[1:]:  # seed 0's record was written before the arm was added
+        r["models"]["rac_confirm"] = r["models"]["rac"] | {
+            "answers": {"test": "1" * 60, "test_10": "0" * 60}
+        }
+    row = summarise(records)["splits"]["test"]["rac_confirm"]
+    sft = [r["models"]["sft"]["answers"]["test"].count("1") / 60 for r in records[1:]]
+    assert row["exact_match"] == [1.0, 1.0]
+    assert row["difference"] == pytest.approx([1 - s for s in sft])
+    assert "| rac_confirm (seeds 1, 2) | 1.000, 1.000 |" in capsys.readouterr().out
+
+
+def test_arms_added_later_run_on_the_seeds_from_amended_from(tmp_path, monkeypatch) -> None:
+    """A seed's finished record gets only the arms it lacks, and seeds before AMENDED_FROM get
+    none; a missing record runs every arm."""
+    args = CompareShiftArgs(results_dir=str(tmp_path), output_dir=str(tmp_path / "runs"))
+    chosen = {"bash": ("bash p0.5", ["--ss_p_max", "0.5"])}
+    (tmp_path / "tuning.json").write_text(json.dumps({"stamp": args.stamp(), "chosen": chosen}))
+    for seed in (0, 1):
+        done = {"stamp": args.stamp(), "seed": seed, "models": {"sft": {}, "bash": {}}}
+        (tmp_path / f"seed{seed}.json").write_text(json.dumps(done))
+    ran = {}
+
+    def fake_run_seed(args, seed, arms, record=None):
+        ran[seed] = sorted(arms)
+        record = record or {"stamp": args.stamp(), "seed": seed, "models": {}}
+        return record | {"models": record["models"] | dict.fromkeys(arms, {})}
+
+    monkeypatch.setattr(compare_shift, "run_seed", fake_run_seed)
+    monkeypatch.setattr(compare_shift, "summarise", lambda records: {})
+    compare_shift.main(["--family", "math", "--seeds", "0,1,2", "--results_dir", str(tmp_path)])
+    assert ran == {1: ["rac_confirm"], 2: ["bash", "rac_confirm", "sft"]}
+    seed1 = json.loads((tmp_path / "seed1.json").read_text())
+    assert set(seed1["models"]) == {"sft", "bash", "rac_confirm"}
