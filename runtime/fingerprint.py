@@ -4,6 +4,7 @@ tokenizer or another model; and the comparison of a recorded run's options with 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -25,7 +26,15 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes, read in 16 MB pieces."""
+    """The sha256 of a file's bytes, read in 16 MB pieces, once per process while the file's
+    inode, size and modification time stay the same (a training start asks twice: the token
+    store's key and the run identity)."""
+    stat = path.stat()
+    return _sha256(path.resolve(), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache
+def _sha256(path: Path, inode: int, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 24):
