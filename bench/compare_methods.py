@@ -118,14 +118,22 @@ def tune(out: Path) -> dict[str, tuple[str, list[str]]]:
     return chosen
 
 
+def trained_model(run_dir: Path, method: str) -> Path:
+    """A method's model in a pipeline run: BASH's and RAC's from their last round."""
+    if method not in ("bash", "rac"):
+        return run_dir / method / "export"
+    rounds = (run_dir / method).glob("round*/export")
+    return max(rounds, key=lambda p: int(p.parent.name.removeprefix("round")))
+
+
 def exposure_bias(out: Path, chosen: dict[str, tuple[str, list[str]]]) -> dict[str, dict]:
     """Teacher-forced and free-running token accuracy of each seed-0 model, averaged over the
     response positions that at least half of the examples reach, and their gap."""
     seed0 = out / "test" / "seed0"
     exports = {"sft_base": out / "base" / "sft_base" / "export"}
-    for model, folder in (("sft", "sft"), ("bash", "bash/round1"), ("rac", "rac"), ("scs", "scs")):
+    for model in ("sft", "bash", "rac", "scs"):
         if model in chosen:
-            exports[model] = seed0 / slug(chosen[model][0]) / folder / "export"
+            exports[model] = trained_model(seed0 / slug(chosen[model][0]), model)
     rows = {}
     for model, export in exports.items():
         result_dir = seed0 / "exposure_bias" / model
