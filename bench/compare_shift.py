@@ -22,10 +22,10 @@ split and on the shifted ones.
 A session's machine keeps no runs, so the study spans sessions through `results_dir` (in the
 repository): the tuning's choice and each seed's per-problem answers are written there as they
 finish, and a later invocation reads them instead of running again, running only the arms a
-record lacks (a record made under another config or `pipeline_options` is refused). Every run is a `pipeline` run, so a rerun on the same
-machine also skips what is finished; `--pipeline_options` adds options to every run (e.g. fewer
-steps for a smoke run). Prints markdown for bench/RESULTS.md and writes
-<output_dir>/summary.json.
+record lacks (a record made under another config or `pipeline_options` is refused). Every run
+is a `pipeline` run, so a rerun on the same machine also skips what is finished;
+`--pipeline_options` adds options to every run (e.g. fewer steps for a smoke run). Prints
+markdown for bench/RESULTS.md and writes <output_dir>/summary.json.
 """
 
 from __future__ import annotations

@@ -249,8 +249,8 @@ def bash_stages(b: Builder) -> Path:
 
 def rac_stages(b: Builder) -> Path:
     """RAC: per round, the newest model's drafts, the correction samples built from them, then
-    training on them for the round's share of the steps (SCoRe and STaSC: drafts of an older
-    model are fixed too easily to teach correction)."""
+    training on them for the round's share of the steps (SCoRe and STaSC report that one
+    offline round of correction traces collapses into rewriting)."""
     a, out, n = b.args, b.run / "rac", str(b.args.method_examples)
     prompts = a.rac_prompts or round(a.method_examples * a.rac_mix)
     model = b.sft
