@@ -48,6 +48,7 @@ from data_tools.errors import run_tool
 from data_tools.scoring import score_file
 from methods.correction import CORRECTION_MARKER
 from pipeline.plan import diagnostic_output
+from runtime.fingerprint import model_fingerprint
 
 CONFIGS = {"math": "configs/shift_math.yaml", "postfix": "configs/shift_postfix.yaml"}
 # Seed 0's models get these (the math's step diagnostics do not parse postfix).
@@ -244,16 +245,27 @@ def run_seed(
     args: CompareShiftArgs,
     seed: int,
     arms: dict[str, tuple[str, list[str]]],
+    path: Path,
     record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One seed's base and `arms`, run (or finished), then read back into its record (a new one,
-    or `record` with these arms added): each model's answers per split, RAC's passes, the
-    changed fraction, the cost and (seed 0) diagnostics."""
+    """One seed's base and `arms`, run (or finished), each read back into the seed's record at
+    `path` (a new one, or `record` with these arms added) as it finishes, so that a session that
+    ends mid-seed keeps its finished arms: each model's answers per split, RAC's passes, the
+    changed fraction, the cost and (seed 0) diagnostics. Arms are added only to a record whose
+    base is the model made here, by its weights' fingerprint: a base made again by other code or
+    libraries is another model, which the recorded arms did not continue."""
     out = Path(args.output_dir) / "test" / f"seed{seed}"
     extra = ["--diagnostics", DIAGNOSTICS[args.family]] if seed == 0 else []
     base = out / "base"
     pipeline(args, base, "--seed", str(seed), "--methods", "", *extra)
-    record = record or {"stamp": args.stamp(), "seed": seed, "models": {}}
+    made = model_fingerprint(str(base / "sft_base" / "export"))
+    record = record or {"stamp": args.stamp(), "seed": seed, "base": made, "models": {}}
+    if record.get("base") != made:
+        raise ValueError(
+            f"{path}: its arms continued the SFT base {record.get('base')}, but seed {seed}'s "
+            f"base made now is {made} (other code or libraries); move the record away to run "
+            "the seed again in full"
+        )
     for arm, (_, options) in arms.items():
         method = arm.split("_")[0]
         run_dir = out / arm
@@ -281,6 +293,7 @@ def run_seed(
             entry["changed_fraction"] = changed_fraction(root / model)
             entry["diagnostics"] = diagnostics(root, model, splits)
             record["models"][name] = entry
+        write_json(path, record)
     return record
 
 
@@ -408,9 +421,8 @@ def main(argv: list[str] | None = None) -> None:
         if seed >= AMENDED_FROM:
             arms |= AMENDED_ARMS.get(args.family, {})
         missing = {a: v for a, v in arms.items() if record is None or a not in record["models"]}
-        if missing:  # a new seed, or arms added since its record was written
-            record = run_seed(args, seed, missing, record)
-            write_json(path, record)
+        if missing:  # a new seed, one stopped mid-way, or arms added since
+            record = run_seed(args, seed, missing, path, record)
         print(f"seed {seed}: {path}", flush=True)
         records.append(record)
     summary = {"chosen": {m: name for m, (name, _) in chosen.items()}, **summarise(records)}

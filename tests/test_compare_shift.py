@@ -145,10 +145,12 @@ def test_arms_added_later_run_on_the_seeds_from_amended_from(tmp_path, monkeypat
         (tmp_path / f"seed{seed}.json").write_text(json.dumps(done))
     ran = {}
 
-    def fake_run_seed(args, seed, arms, record=None):
+    def fake_run_seed(args, seed, arms, path, record=None):
         ran[seed] = sorted(arms)
         record = record or {"stamp": args.stamp(), "seed": seed, "models": {}}
-        return record | {"models": record["models"] | dict.fromkeys(arms, {})}
+        record = record | {"models": record["models"] | dict.fromkeys(arms, {})}
+        path.write_text(json.dumps(record))
+        return record
 
     monkeypatch.setattr(compare_shift, "run_seed", fake_run_seed)
     monkeypatch.setattr(compare_shift, "summarise", lambda records: {})
@@ -156,3 +158,32 @@ def test_arms_added_later_run_on_the_seeds_from_amended_from(tmp_path, monkeypat
     assert ran == {1: ["rac_confirm"], 2: ["bash", "rac_confirm", "sft"]}
     seed1 = json.loads((tmp_path / "seed1.json").read_text())
     assert set(seed1["models"]) == {"sft", "bash", "rac_confirm"}
+
+
+def test_a_seed_keeps_each_finished_arm_and_adds_only_to_its_own_base(
+    tmp_path, monkeypatch
+) -> None:
+    """The record is written after every arm, so an interrupted seed keeps what finished; arms
+    are added to a record only when the base made now has the recorded base's weights."""
+    args = CompareShiftArgs(results_dir=str(tmp_path), output_dir=str(tmp_path / "runs"))
+    path = tmp_path / "seed1.json"
+
+    def fake_pipeline(args, run_dir, *options):
+        method = options[options.index("--methods") + 1]
+        if method == "bash":
+            raise KeyboardInterrupt  # the session ends during BASH
+        return {method: {"splits": {}, "trained_tokens": 1, "forward_sequences": 1}}
+
+    monkeypatch.setattr(compare_shift, "pipeline", fake_pipeline)
+    monkeypatch.setattr(compare_shift, "model_fingerprint", lambda path: "base-1")
+    monkeypatch.setattr(compare_shift, "answers", lambda path, task: ("101", {}))
+    arms = {"sft": ("sft continued", []), "bash": ("bash p0.5", [])}
+    with pytest.raises(KeyboardInterrupt):
+        compare_shift.run_seed(args, 1, arms, path)
+    kept = json.loads(path.read_text())
+    assert kept["base"] == "base-1" and set(kept["models"]) == {"sft", "sft_base"}
+    assert kept["models"]["sft"]["answers"] == {"test": "101"}
+
+    monkeypatch.setattr(compare_shift, "model_fingerprint", lambda path: "base-2")
+    with pytest.raises(ValueError, match=r"seed1\.json: its arms continued the SFT base base-1"):
+        compare_shift.run_seed(args, 1, {"bash": arms["bash"]}, path, kept)
