@@ -1,7 +1,9 @@
 """Train a sentencepiece tokenizer on the training text and save it for `AutoTokenizer`.
 
 Digits are split into single tokens (as in Llama), so that numbers are spelled digit by digit;
-byte fallback keeps every unseen character encodable.
+byte fallback keeps every unseen character encodable. `--symbols` are kept as one token each,
+for strings a method adds to the task's text after the tokenizer is trained (RAC's marker and
+confirmation), which it would otherwise spell in one- and two-character pieces.
 
     python -m data_tools.tokenizer_training --data runs/demo/data/train.jsonl \\
         --output_dir runs/demo/tokenizer [--vocab_size 512]
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +30,11 @@ SPECIAL = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_
 
 
 def train_tokenizer(
-    texts: Iterable[str], out_dir: str | Path, vocab_size: int = 512
+    texts: Iterable[str], out_dir: str | Path, vocab_size: int = 512, symbols: Sequence[str] = ()
 ) -> PreTrainedTokenizerBase:
-    """Train a BPE sentencepiece model on `texts` and save it as a Llama tokenizer in `out_dir`."""
+    """Train a BPE sentencepiece model on `texts` and save it as a Llama tokenizer in `out_dir`;
+    each of `symbols` one token wherever its text occurs (transformers loads sentencepiece's
+    user-defined pieces as added tokens, matched in the raw text)."""
     with tempfile.TemporaryDirectory() as tmp:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(texts),
@@ -41,7 +45,7 @@ def train_tokenizer(
             byte_fallback=True,
             hard_vocab_limit=False,
             remove_extra_whitespaces=False,
-            user_defined_symbols=["\n"],
+            user_defined_symbols=["\n", *symbols],
             pad_id=0,
             unk_id=1,
             bos_id=2,
@@ -77,6 +81,9 @@ class TokenizerArgs:
     vocab_size: int = field(
         default=512, metadata={"help": "tokens in the vocabulary (a target, not a hard limit)"}
     )
+    symbols: list[str] = field(
+        default_factory=list, metadata={"help": "strings to keep as one token each"}
+    )
 
     def __post_init__(self) -> None:
         if self.vocab_size < 1:
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     texts = list(_texts(args.data))
     if not texts:
         raise DataError(", ".join(args.data), None, "no text to train on")
-    tokenizer = train_tokenizer(texts, args.output_dir, args.vocab_size)
+    tokenizer = train_tokenizer(texts, args.output_dir, args.vocab_size, args.symbols)
     print(f"saved a {len(tokenizer)}-token tokenizer to {args.output_dir}")
 
 

@@ -147,6 +147,13 @@ class PipelineArgs:
             "default: method_examples * rac_mix, as many drafts as correction rows needed"
         },
     )
+    rac_tokens: bool = field(
+        default=False,
+        metadata={
+            "help": "the embedded tokenizer keeps RAC's marker and confirmation as one token "
+            "each (off: spelled in pieces, as the math study's seeds were)"
+        },
+    )
     rac_rounds: int = field(
         default=1, metadata={"help": "draft again with the newest model every round"}
     )

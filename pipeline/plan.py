@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_tools.postfix import SPLITS as POSTFIX_SPLITS
+from data_tools.scoring import CONFIRMATION
 from data_tools.synthetic_math import step_ranges
+from methods.correction import CORRECTION_MARKER
 from pipeline.args import PipelineArgs
 
 DIAGNOSTICS = ("exposure_bias", "error_propagation", "error_injection")
@@ -191,7 +193,8 @@ def base_stages(b: Builder) -> None:
         b.add(
             "tokenizer",
             "data_tools.tokenizer_training",
-            ["--data", str(b.splits["train"]), "--output_dir", b.tokenizer],
+            ["--data", str(b.splits["train"]), "--output_dir", b.tokenizer]
+            + (["--symbols", CORRECTION_MARKER.strip(), CONFIRMATION] if a.rac_tokens else []),
             Path(b.tokenizer),
         )
         start = ["--model_config", a.model_config, "--tokenizer", b.tokenizer]

@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 
 from data_tools.config import parse_config
+from data_tools.scoring import CONFIRMATION
+from data_tools.tokenizer_training import TokenizerArgs
 from generate.args import GenerateArgs
 from generate.error_injection import InjectionArgs
 from generate.error_propagation import ErrorPropagationArgs
 from generate.exposure_bias import ExposureArgs
+from methods.correction import CORRECTION_MARKER
 from pipeline.args import PipelineArgs
 from pipeline.plan import Stage, build_plan
 from pipeline.report import report, wall_time
@@ -335,3 +338,10 @@ def test_continuous_batching_reaches_the_greedy_generations_only() -> None:
     assert {"eval_test_sft", "eval_test_rac_self_correct", "rac_drafts_1"} <= continuous
     assert {"dpo_samples", "bash_predictions_1"} <= {s.name for s in generations} - continuous
     assert not any("--continuous_batching" in s.args for s in plan_of().stages)  # off by default
+
+
+def test_rac_tokens_reach_the_embedded_tokenizer() -> None:
+    stages = {s.name: s for s in plan_of("--rac_tokens", "true").stages}
+    (args,) = parse_config((TokenizerArgs,), list(stages["tokenizer"].args))
+    assert args.symbols == [CORRECTION_MARKER.strip(), CONFIRMATION]
+    assert "--symbols" not in {s.name: s for s in plan_of().stages}["tokenizer"].args  # off
