@@ -514,6 +514,8 @@ def build_plan(args: PipelineArgs) -> Plan:
         raise ValueError(f"dpo_after {without}: DPO continues a method's model; add it to methods")
     if args.model_name_or_path is None and args.model_config is None and not args.base_dir:
         raise ValueError("give model_name_or_path (a pretrained model) or model_config (a new one)")
+    if args.rac_tokens and args.model_name_or_path:
+        raise ValueError("rac_tokens: an option of the embedded tokenizer (no model_name_or_path)")
     for option in ("bash_rounds", "rac_rounds"):
         rounds = getattr(args, option)
         if rounds < 1 or args.method_steps % rounds:

@@ -345,3 +345,5 @@ def test_rac_tokens_reach_the_embedded_tokenizer() -> None:
     (args,) = parse_config((TokenizerArgs,), list(stages["tokenizer"].args))
     assert args.symbols == [CORRECTION_MARKER.strip(), CONFIRMATION]
     assert "--symbols" not in {s.name: s for s in plan_of().stages}["tokenizer"].args  # off
+    with pytest.raises(ValueError, match="rac_tokens: an option of the embedded tokenizer"):
+        plan_of("--rac_tokens", "true", "--model_name_or_path", "some/model")
