@@ -151,6 +151,20 @@ class Builder:
         start = ["--model_name_or_path", str(self.sft)]
         return self.train(name, out, start, a.method_steps, a.method_learning_rate, *extra)
 
+    def round_train(self, method: str, r: int, rounds: int, model: Path, *extra: str) -> Path:
+        """Round `r` of a method trained in `rounds`: from `model` (the previous round's, the
+        first from the SFT base), its share of the methods' steps, with its own seed."""
+        a = self.args
+        return self.train(
+            f"{method}_round{r}",
+            self.run / method / f"round{r}",
+            ["--model_name_or_path", str(model)],
+            a.method_steps // rounds,
+            a.method_learning_rate,
+            *extra,
+            *("--seed", str(a.seed + r - 1)),  # each round its own order (and RAC's samples)
+        )
+
     def schedule(self) -> list[str]:
         """BASH's and SCS's scheduled-sampling options."""
         a = self.args
@@ -237,15 +251,13 @@ def bash_stages(b: Builder) -> Path:
             *("--teacher_forced", "true", "--limit", n),
             *sampling,
         )
-        model = b.train(
-            f"bash_round{r}",
-            out / f"round{r}",
-            ["--model_name_or_path", str(model)],
-            a.method_steps // a.bash_rounds,
-            a.method_learning_rate,
+        model = b.round_train(
+            "bash",
+            r,
+            a.bash_rounds,
+            model,
             *("--limit", n, "--mode", "bash", "--predictions", str(predictions)),
             *b.schedule(),
-            *("--seed", str(a.seed + r - 1)),  # each round its own order
         )
     return model
 
@@ -258,7 +270,6 @@ def rac_stages(b: Builder) -> Path:
     prompts = a.rac_prompts or round(a.method_examples * a.rac_mix)
     model = b.sft
     for r in range(1, a.rac_rounds + 1):
-        seed = str(a.seed + r - 1)  # each round its own samples and order
         drafts = b.generate(
             f"rac_drafts_{r}",
             model,
@@ -274,17 +285,15 @@ def rac_stages(b: Builder) -> Path:
             + ["--task", a.task, "--tokenizer", str(b.sft), "--output", str(samples)]
             + ["--variant", a.rac_variant, "--mix", str(a.rac_mix)]
             + ["--right_drafts", a.rac_right_drafts]
-            + ["--seed", seed, "--max_length", str(a.max_length)],
+            + ["--seed", str(a.seed + r - 1), "--max_length", str(a.max_length)],
             samples,
         )
-        model = b.train(
-            f"rac_round{r}",
-            out / f"round{r}",
-            ["--model_name_or_path", str(model)],
-            a.method_steps // a.rac_rounds,
-            a.method_learning_rate,
+        model = b.round_train(
+            "rac",
+            r,
+            a.rac_rounds,
+            model,
             *("--mode", "rac", "--data", str(samples), "--data_format", "plain"),
-            *("--seed", seed),
         )
     return model
 
