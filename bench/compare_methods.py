@@ -31,6 +31,7 @@ from pathlib import Path
 from data_tools.atomic import write_json
 from data_tools.config import parse_config
 from data_tools.errors import run_tool
+from pipeline.plan import round_folders
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/compare_demo.yaml"
@@ -122,8 +123,7 @@ def trained_model(run_dir: Path, method: str) -> Path:
     """A method's model in a pipeline run: BASH's and RAC's from their last round."""
     if method not in ("bash", "rac"):
         return run_dir / method / "export"
-    rounds = (run_dir / method).glob("round*/export")
-    return max(rounds, key=lambda p: int(p.parent.name.removeprefix("round")))
+    return round_folders(run_dir / method)[-1] / "export"
 
 
 def exposure_bias(out: Path, chosen: dict[str, tuple[str, list[str]]]) -> dict[str, dict]:

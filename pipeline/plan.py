@@ -50,6 +50,13 @@ class Plan:
     split_evaluations: dict[str, dict[str, Path]]  # the same on each of eval_splits, by split
 
 
+def round_folders(method_dir: Path) -> list[Path]:
+    """The round folders (`round<r>`, `Builder.round_train`) of a method trained in rounds, in
+    round order (round10 after round9)."""
+    rounds = [p for p in method_dir.glob("round*") if p.is_dir()]
+    return sorted(rounds, key=lambda p: int(p.name.removeprefix("round")))
+
+
 class Builder:
     """Collects stages; a stage waits for every earlier stage that made a path in its args.
     Knows the run's paths and how to add a training or a generation stage."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from data_tools.atomic import write_json, write_text
 from data_tools.scoring import score_file
 from methods.correction import CORRECTION_MARKER
-from pipeline.plan import DPO_SUFFIX
+from pipeline.plan import DPO_SUFFIX, round_folders
 from runtime import plots
 from runtime.tracking import Tracker
 
@@ -61,8 +61,8 @@ def _metrics_files(run: Path, base: Path, name: str) -> list[Path]:
     if name == "sft_base":
         return [base / "sft_base" / "metrics.jsonl"]
     if name in ROUNDS:
-        rounds = (run / ROUNDS[name]).glob("round*/metrics.jsonl")
-        return sorted(rounds, key=lambda f: int(f.parent.name.removeprefix("round")))
+        metrics = (d / "metrics.jsonl" for d in round_folders(run / ROUNDS[name]))
+        return [f for f in metrics if f.exists()]
     return [run / name / "metrics.jsonl"]
 
 
