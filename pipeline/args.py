@@ -52,6 +52,14 @@ class PipelineArgs:
             "(each shifted split), postfix test_long=N"
         },
     )
+    task_difficulty: str = field(
+        default="",
+        metadata={
+            "help": "the generator's difficulty knobs as key=value pairs, e.g. postfix "
+            "operands=abcdefgh,max_operators=12 (data_tools.postfix, data_tools.synthetic_math: "
+            "Difficulty); default: the generator's"
+        },
+    )
     shifted_steps: str = field(
         default="",
         metadata={

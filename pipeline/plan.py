@@ -13,9 +13,10 @@ of every evaluated model.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+from data_tools import postfix, synthetic_math
 from data_tools.postfix import SPLITS as POSTFIX_SPLITS
 from data_tools.scoring import CONFIRMATION
 from data_tools.synthetic_math import step_ranges
@@ -26,6 +27,7 @@ DIAGNOSTICS = ("exposure_bias", "error_propagation", "error_injection")
 MATH_DIAGNOSTICS = ("error_propagation", "error_injection")  # they parse the math task's steps
 DPO_SUFFIX = "+dpo"  # the model "<method>+dpo": DPO from the method's model
 GENERATORS = {"math": "data_tools.synthetic_math", "postfix": "data_tools.postfix"}  # by task
+DIFFICULTY = {"math": synthetic_math.Difficulty, "postfix": postfix.Difficulty}
 
 
 @dataclass(frozen=True)
@@ -203,7 +205,7 @@ def base_stages(b: Builder) -> None:
             "data",
             GENERATORS[a.task],
             ["--output_dir", str(b.data), "--seed", str(a.seed)]
-            + [arg for k, v in sizes.items() for arg in (f"--{k}", v)]
+            + [arg for k, v in (sizes | difficulty(a)).items() for arg in (f"--{k}", v)]
             + (["--shifted_steps", *shifted] if shifted else []),
             b.data / "difficulty.json",
             makes=tuple(b.splits.values()),
@@ -483,6 +485,21 @@ def diagnostic_stages(
             )
 
 
+def difficulty(args: PipelineArgs) -> dict[str, str]:
+    """The task_difficulty knobs by name, each a field of the task's generator's `Difficulty`
+    (its values the generator checks)."""
+    if not args.task_difficulty:
+        return {}
+    knobs = [kv.partition("=") for kv in args.task_difficulty.split(",")]
+    known = [f.name for f in fields(DIFFICULTY[args.task])]
+    if bad := [k for k, eq, v in knobs if k not in known or not eq or not v]:
+        raise ValueError(
+            f"task_difficulty {args.task_difficulty!r}: {bad} are not key=value pairs of the "
+            f"{args.task} generator's knobs {known}"
+        )
+    return {k: v for k, _, v in knobs}
+
+
 def generated_splits(args: PipelineArgs) -> list[str]:
     """The splits the task's generator writes (the synthetic math's shifted ones included)."""
     if args.task == "postfix":
@@ -506,6 +523,9 @@ def check_task(args: PipelineArgs) -> None:
         )
     if args.shifted_steps and (args.task != "math" or args.data_dir):
         raise ValueError("shifted_steps: an option of the synthetic math (task math, no data_dir)")
+    if args.task_difficulty and args.data_dir:
+        raise ValueError("task_difficulty: an option of the generated tasks (no data_dir)")
+    difficulty(args)
     extra = args.eval_split_list()
     if args.report_split in extra or len(set(extra)) < len(extra):
         raise ValueError(

@@ -204,6 +204,21 @@ def test_the_postfix_task_makes_its_data_and_every_stage_is_told_it() -> None:
     assert set(plan.split_evaluations["test_long"]) == set(plan.evaluations)
 
 
+def test_task_difficulty_reaches_the_generator_and_unknown_knobs_are_refused() -> None:
+    plan = plan_of(
+        *("--task", "postfix", "--task_difficulty", "operands=abcdefgh,max_operators=12"),
+    )
+    data = options({s.name: s for s in plan.stages}["data"])
+    assert data["--operands"] == "abcdefgh" and data["--max_operators"] == "12"
+    math = options({s.name: s for s in plan_of("--task_difficulty", "max_steps=4").stages}["data"])
+    assert math["--max_steps"] == "4"
+    for wrong in ("max_steps=4", "operands", "operands="):  # math's knob, no value
+        with pytest.raises(ValueError, match="not key=value pairs of the postfix generator"):
+            plan_of("--task", "postfix", "--task_difficulty", wrong)
+    with pytest.raises(ValueError, match="task_difficulty: an option of the generated tasks"):
+        plan_of("--task_difficulty", "max_steps=4", "--data_dir", "somewhere")
+
+
 def test_extra_splits_evaluate_every_model_beside_the_report_split(tmp_path) -> None:
     plan = plan_of("--shifted_steps", "6-8,10", "--eval_splits", "test_6to8,test_10")
     stages = {s.name: s for s in plan.stages}
