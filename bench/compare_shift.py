@@ -17,7 +17,8 @@ split and on the shifted ones.
 3. Per arm against SFT continued, per split: the per-seed difference with the exact McNemar test
    on the same problems, and a paired bootstrap over every (seed, problem); RAC's first and
    second pass with the flips; BASH's and SCS's changed fraction; the cost; seed 0's
-   diagnostics.
+   diagnostics; and for postfix each model's edit similarity, paired the same way (the
+   amendment's sixth part: graded credit where exact match is at the floor).
 
 A session's machine keeps no runs, so the study spans sessions through `results_dir` (in the
 repository): the tuning's choice and each seed's per-problem answers are written there as they
@@ -42,7 +43,7 @@ from bench.compare_dpo import mcnemar
 from bench.compare_methods import REPO, CompareArgs, scs_options, slug
 from bench.compare_methods import pipeline as run_pipeline
 from data_tools.atomic import write_json
-from data_tools.bootstrap import paired_bootstrap
+from data_tools.bootstrap import paired_bootstrap, paired_bootstrap_scores
 from data_tools.config import parse_config
 from data_tools.errors import run_tool
 from data_tools.scoring import score_file
@@ -193,11 +194,15 @@ def tune(args: CompareShiftArgs, base: Path) -> dict[str, Any]:
     return {"stamp": args.stamp(), "validation": table, "chosen": chosen}
 
 
-def answers(path: Path, task: str) -> tuple[str, dict[str, Any]]:
-    """Each problem's correctness as a string of 0s and 1s, and the scorer's summary."""
+def answers(path: Path, task: str) -> tuple[str, dict[str, Any], list[float] | None]:
+    """Each problem's correctness as a string of 0s and 1s, the scorer's summary, and (postfix)
+    each problem's edit similarity, the partial credit that still moves where exact match is
+    at the floor."""
     scores = score_file(path, task, CORRECTION_MARKER)
-    bits = "".join("1" if e["correct"] else "0" for e in scores["examples"])
-    return bits, scores["summary"]
+    examples = scores["examples"]
+    bits = "".join("1" if e["correct"] else "0" for e in examples)
+    graded = [round(e["edit_similarity"], 4) for e in examples] if task == "postfix" else None
+    return bits, scores["summary"], graded
 
 
 def changed_fraction(run_dir: Path) -> float | None:
@@ -282,8 +287,12 @@ def run_seed(
         for name, (root, model) in models.items():
             entry: dict[str, Any] = {"answers": {}, "passes": {}}
             for split in splits:
-                bits, summary = answers(root / "eval" / split / f"{model}.jsonl", args.family)
+                bits, summary, graded = answers(
+                    root / "eval" / split / f"{model}.jsonl", args.family
+                )
                 entry["answers"][split] = bits
+                if graded is not None:
+                    entry.setdefault("edit_similarity", {})[split] = graded
                 if "right_to_wrong" in summary:
                     keys = ("first_pass_exact_match", "right_to_wrong", "wrong_to_right")
                     entry["passes"][split] = {k: summary[k] for k in keys}
@@ -340,6 +349,9 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
             rows[model] = row
         summary["splits"][split] = rows
 
+    if all("edit_similarity" in r["models"]["sft"] for r in records):
+        summary["edit_similarity"] = print_edit_similarity(records, models, having, label)
+
     print("\n### Per model, mean over the seeds\n")
     print("| model | changed fraction | first pass (test) | right->wrong | wrong->right | ", end="")
     print("trained tokens | forward sequences |\n|---|---:|---:|---:|---:|---:|---:|")
@@ -361,6 +373,41 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         summary["diagnostics"] = {m: e["diagnostics"] for m, e in first["models"].items()}
         print_diagnostics(summary["diagnostics"])
     return summary
+
+
+def print_edit_similarity(
+    records: list[dict[str, Any]],
+    models: list[str],
+    having: dict[str, list[dict[str, Any]]],
+    label: dict[str, str],
+) -> dict[str, Any]:
+    """Per split, each model's mean edit similarity against SFT continued's: per seed, and
+    pooled over every (seed, problem) by the paired bootstrap."""
+    splits: dict[str, Any] = {}
+    for split in records[0]["models"]["sft"]["edit_similarity"]:
+        print(f"\n### {split}, edit similarity: against SFT continued\n")
+        print("| model | mean per seed | difference per seed | pooled difference [95%], p |")
+        print("|---|---|---|---|")
+        rows = {}
+        for model in models:
+            scores = [r["models"][model]["edit_similarity"][split] for r in having[model]]
+            base = [r["models"]["sft"]["edit_similarity"][split] for r in having[model]]
+            means = [mean(s) for s in scores]
+            row: dict[str, Any] = {"mean": means}
+            cells = "(baseline) | "
+            if model != "sft":
+                diffs = [m - mean(b) for m, b in zip(means, base, strict=True)]
+                pooled = paired_bootstrap_scores(sum(scores, []), sum(base, []))
+                row |= {"difference": diffs, "pooled": pooled}
+                lo, hi = pooled["ci"]
+                cells = ", ".join(f"{d:+.3f}" for d in diffs)
+                cells += (
+                    f" | {pooled['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], p {pooled['p']:.4f}"
+                )
+            print(f"| {label[model]} | {', '.join(f'{m:.3f}' for m in means)} | {cells} |")
+            rows[model] = row
+        splits[split] = rows
+    return splits
 
 
 def print_diagnostics(diagnostics: dict[str, dict[str, Any]]) -> None:

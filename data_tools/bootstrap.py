@@ -44,8 +44,25 @@ def paired_bootstrap(
     n = len(d)
     counts = [np.sum(d == 1), np.sum(d == 0), np.sum(d == -1)]
     draws = np.random.default_rng(seed).multinomial(n, np.asarray(counts) / n, size=resamples)
-    means = (draws[:, 0] - draws[:, 2]) / n
-    observed = float(d.mean())
+    return _test((draws[:, 0] - draws[:, 2]) / n, float(d.mean()))
+
+
+def paired_bootstrap_scores(
+    a: Sequence[float], b: Sequence[float], resamples: int = 10_000, seed: int = SEED
+) -> dict[str, float | list[float]]:
+    """`paired_bootstrap` for graded scores (edit similarity): `a`'s mean minus `b`'s on the same
+    examples, resampling the examples' differences one resample at a time."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need two equally long, non-empty lists, got {len(a)} and {len(b)}")
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(resamples)])
+    return _test(means, float(d.mean()))
+
+
+def _test(means: np.ndarray, observed: float) -> dict[str, float | list[float]]:
+    """The percentile interval of the resampled differences and the two-sided p-value of none:
+    the share of them, centred on the observed one, at least as far from 0 as it."""
     tail = (1 - LEVEL) / 2 * 100
     lo, hi = np.percentile(means, [tail, 100 - tail])
     p = float(np.mean(np.abs(means - observed) >= abs(observed) - 1e-12))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
 import pytest
 
-from data_tools.bootstrap import paired_bootstrap
+from data_tools.bootstrap import paired_bootstrap, paired_bootstrap_scores
 
 
 def direct(a: list[bool], b: list[bool], resamples: int, seed: int) -> tuple[list[float], float]:
@@ -38,3 +39,31 @@ def test_no_difference_and_bad_input() -> None:
         paired_bootstrap([True], [True, False])
     with pytest.raises(ValueError, match="non-empty"):
         paired_bootstrap([], [])
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.02, 0.08])
+def test_graded_scores_agree_with_the_normal_approximation(shift: float) -> None:
+    """For 2,000 examples the mean difference is close to normal: the interval is the mean
+    +- 1.96 standard errors and p is the two-sided normal tail."""
+    rng = np.random.default_rng(0)
+    b = rng.uniform(0, 1, 2000)
+    a = np.clip(b + shift + rng.normal(0, 0.3, 2000), 0, 1)
+    ours = paired_bootstrap_scores(list(a), list(b), resamples=4000, seed=1)
+    d = a - b
+    se = d.std(ddof=1) / math.sqrt(len(d))
+    assert ours["difference"] == pytest.approx(d.mean())
+    assert ours["ci"] == pytest.approx([d.mean() - 1.96 * se, d.mean() + 1.96 * se], abs=0.002)
+    assert ours["p"] == pytest.approx(math.erfc(abs(d.mean()) / se / math.sqrt(2)), abs=0.03)
+
+
+def test_graded_scores_of_right_and_wrong_are_the_paired_bootstrap() -> None:
+    rng = random.Random(3)
+    a = [rng.random() < 0.6 for _ in range(500)]
+    b = [rng.random() < 0.5 for _ in range(500)]
+    ours = paired_bootstrap_scores([float(x) for x in a], [float(x) for x in b], seed=1)
+    theirs = paired_bootstrap(a, b, seed=2)
+    assert ours["difference"] == theirs["difference"]
+    assert ours["ci"] == pytest.approx(theirs["ci"], abs=0.01)
+    assert ours["p"] == pytest.approx(theirs["p"], abs=0.02)
+    with pytest.raises(ValueError, match="equally long"):
+        paired_bootstrap_scores([0.5], [])

@@ -11,8 +11,8 @@ import pytest
 
 from bench import compare_shift
 from bench.compare_dpo import mcnemar
-from bench.compare_shift import CompareShiftArgs, load, summarise
-from data_tools.bootstrap import paired_bootstrap
+from bench.compare_shift import CompareShiftArgs, answers, load, summarise
+from data_tools.bootstrap import paired_bootstrap, paired_bootstrap_scores
 
 
 def bits(rng: random.Random, p: float, n: int = 60) -> str:
@@ -83,6 +83,36 @@ def test_the_summary_pools_the_seeds_against_sft_continued(capsys) -> None:
     assert "| rac | - | 0.5 | 3 | 5 |" in printed
     assert "Diagnostics, seed 0" in printed
     assert "| bash | test_10 | 0.250 | - | - | 0.125 | 0.500 | arithmetic 1,200 |" in printed
+
+
+def test_postfix_records_pool_the_edit_similarity_too(tmp_path, capsys) -> None:
+    path = tmp_path / "sft.jsonl"
+    rows = [("a b +", "a b +"), ("a b c * +", "a b * c +"), ("a b", "a b - c +")]
+    path.write_text(
+        "".join(
+            json.dumps({"id": str(i), "generation": g, "reference": r}) + "\n"
+            for i, (g, r) in enumerate(rows)
+        )
+    )
+    bits, _, graded = answers(path, "postfix")
+    assert bits == "100" and graded == [1.0, 0.6, 0.4]  # 2 of 5 symbols wrong; 3 missing of 5
+    assert answers(path, "postfix")[2] is not None and "edit_similarity" not in record(0)
+
+    records = [record(0), record(1)]
+    for r in records:
+        rng = random.Random(r["seed"])
+        for entry in r["models"].values():
+            entry["edit_similarity"] = {"test": [round(rng.random(), 4) for _ in range(60)]}
+    summary = summarise(records)
+    scores = [r["models"]["bash"]["edit_similarity"]["test"] for r in records]
+    base = [r["models"]["sft"]["edit_similarity"]["test"] for r in records]
+    row = summary["edit_similarity"]["test"]["bash"]
+    assert row["pooled"] == paired_bootstrap_scores(sum(scores, []), sum(base, []))
+    assert row["difference"] == pytest.approx(
+        [sum(s) / 60 - sum(b) / 60 for s, b in zip(scores, base, strict=True)]
+    )
+    assert "### test, edit similarity: against SFT continued" in capsys.readouterr().out
+    assert "edit_similarity" not in summarise([record(0)])  # math's records have none
 
 
 def test_tuning_ranks_bash_by_exact_match_and_rac_by_its_worse_mode(tmp_path, monkeypatch) -> None:
@@ -176,7 +206,7 @@ def test_a_seed_keeps_each_finished_arm_and_adds_only_to_its_own_base(
 
     monkeypatch.setattr(compare_shift, "pipeline", fake_pipeline)
     monkeypatch.setattr(compare_shift, "model_fingerprint", lambda path: "base-1")
-    monkeypatch.setattr(compare_shift, "answers", lambda path, task: ("101", {}))
+    monkeypatch.setattr(compare_shift, "answers", lambda path, task: ("101", {}, None))
     arms = {"sft": ("sft continued", []), "bash": ("bash p0.5", [])}
     with pytest.raises(KeyboardInterrupt):
         compare_shift.run_seed(args, 1, arms, path)
