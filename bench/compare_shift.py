@@ -310,6 +310,12 @@ def rate(bits: str) -> float:
     return bits.count("1") / len(bits)
 
 
+def pooled_text(pooled: dict[str, Any]) -> str:
+    """A pooled paired test's cell: the difference, its 95% interval and p."""
+    lo, hi = pooled["ci"]
+    return f"{pooled['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], p {pooled['p']:.4f}"
+
+
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Per split, each model against SFT continued over the seeds' records; printed as markdown."""
     seeds = [r["seed"] for r in records]
@@ -338,13 +344,10 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
                 diffs = [e - rate(bits) for e, bits in zip(ems, baseline, strict=True)]
                 pooled = paired_bootstrap(sum(a, []), sum(b, []))
                 row |= {"difference": diffs, "mcnemar": tests, "pooled": pooled}
-                lo, hi = pooled["ci"]
                 cells = ", ".join(
                     f"{d:+.3f} ({t[2]:.3f})" for d, t in zip(diffs, tests, strict=True)
                 )
-                cells += (
-                    f" | {pooled['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], p {pooled['p']:.4f}"
-                )
+                cells += f" | {pooled_text(pooled)}"
             print(f"| {label[model]} | {', '.join(f'{e:.3f}' for e in ems)} | {cells} |")
             rows[model] = row
         summary["splits"][split] = rows
@@ -399,11 +402,7 @@ def print_edit_similarity(
                 diffs = [m - mean(b) for m, b in zip(means, base, strict=True)]
                 pooled = paired_bootstrap_scores(sum(scores, []), sum(base, []))
                 row |= {"difference": diffs, "pooled": pooled}
-                lo, hi = pooled["ci"]
-                cells = ", ".join(f"{d:+.3f}" for d in diffs)
-                cells += (
-                    f" | {pooled['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], p {pooled['p']:.4f}"
-                )
+                cells = ", ".join(f"{d:+.3f}" for d in diffs) + f" | {pooled_text(pooled)}"
             print(f"| {label[model]} | {', '.join(f'{m:.3f}' for m in means)} | {cells} |")
             rows[model] = row
         splits[split] = rows

@@ -38,8 +38,7 @@ def paired_bootstrap(
     draws: one multinomial draw each, whatever the number of examples. The p-value is the
     share of resampled differences, centred on the observed one, at least as far from 0 as
     the observed difference (the bootstrap distribution shifted to the null)."""
-    if len(a) != len(b) or not a:
-        raise ValueError(f"need two equally long, non-empty lists, got {len(a)} and {len(b)}")
+    _check_pairs(a, b)
     d = np.asarray(a, dtype=np.int64) - np.asarray(b, dtype=np.int64)
     n = len(d)
     counts = [np.sum(d == 1), np.sum(d == 0), np.sum(d == -1)]
@@ -52,12 +51,16 @@ def paired_bootstrap_scores(
 ) -> dict[str, float | list[float]]:
     """`paired_bootstrap` for graded scores (edit similarity): `a`'s mean minus `b`'s on the same
     examples, resampling the examples' differences one resample at a time."""
-    if len(a) != len(b) or not a:
-        raise ValueError(f"need two equally long, non-empty lists, got {len(a)} and {len(b)}")
+    _check_pairs(a, b)
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     rng = np.random.default_rng(seed)
     means = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(resamples)])
     return _test(means, float(d.mean()))
+
+
+def _check_pairs(a: Sequence[float], b: Sequence[float]) -> None:
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need two equally long, non-empty lists, got {len(a)} and {len(b)}")
 
 
 def _test(means: np.ndarray, observed: float) -> dict[str, float | list[float]]:
