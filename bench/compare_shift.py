@@ -42,12 +42,14 @@ from typing import Any
 from bench.compare_dpo import mcnemar
 from bench.compare_methods import REPO, CompareArgs, scs_options, slug
 from bench.compare_methods import pipeline as run_pipeline
-from data_tools.atomic import write_json
+from data_tools.atomic import write_json, write_jsonl
 from data_tools.bootstrap import paired_bootstrap, paired_bootstrap_scores
-from data_tools.config import parse_config
+from data_tools.config import parse_config, read_config
 from data_tools.errors import run_tool
+from data_tools.schema import DataError
 from data_tools.scoring import score_file
-from methods.correction import CORRECTION_MARKER
+from data_tools.sources import jsonl_objects
+from methods.correction import CORRECTION_MARKER, choose_threshold, gated
 from pipeline.plan import diagnostic_output
 from runtime.fingerprint import model_fingerprint
 
@@ -216,6 +218,40 @@ def changed_fraction(run_dir: Path) -> float | None:
     return mean(values) if values else None
 
 
+def is_gated(options: list[str]) -> bool:
+    """Whether an arm's RAC confirms right drafts, which the gate needs (the amendment's seventh
+    part); not the echo, which has no drafts."""
+    pairs = dict(zip(options[::2], options[1::2], strict=False))
+    return pairs.get("--rac_right_drafts") == "confirm" and pairs.get("--rac_variant") != "echo"
+
+
+def gate(run_dir: Path, splits: list[str], task: str) -> dict[str, Any]:
+    """RAC self-correct behind the gate, its threshold chosen on this run's validation split
+    (`choose_threshold`): per split, the gated generations written beside the ungated ones
+    (`rac_gated.jsonl`), and the validation table."""
+    rows = {}
+    for split in ["validation", *splits]:
+        path = run_dir / "eval" / split / "rac_self_correct.jsonl"
+        rows[split] = [row for _, row in jsonl_objects(path)]
+        if any("confirm_probability" not in row for row in rows[split]):
+            raise DataError(
+                str(path),
+                "confirm_probability",
+                "missing: made before generate recorded it; remove the file to generate it again",
+            )
+    threshold, table = choose_threshold(rows["validation"], task, CORRECTION_MARKER)
+    for split in splits:
+        texts = (
+            gated(r["generation"], r["confirm_probability"], threshold, CORRECTION_MARKER)
+            for r in rows[split]
+        )
+        write_jsonl(
+            run_dir / "eval" / split / "rac_gated.jsonl",
+            [{**r, "generation": t} for r, t in zip(rows[split], texts, strict=True)],
+        )
+    return {"threshold": threshold, "validation": table}
+
+
 def diagnostics(root: Path, model: str, splits: list[str]) -> dict[str, Any]:
     """The diagnostics a run wrote for one model: per split, induced against propagated errors;
     on the test split, the exposure-bias curve's final cumulative gaps and the injection's
@@ -274,14 +310,19 @@ def run_seed(
     for arm, (_, options) in arms.items():
         method = arm.split("_")[0]
         run_dir = out / arm
+        shifted = read_config(REPO / CONFIGS[args.family]).get("eval_splits", "")
+        gating = ["--eval_splits", f"validation,{shifted}"] if is_gated(options) else []
         results = pipeline(
             args, run_dir, "--base_dir", str(base), "--seed", str(seed), "--methods", method,
-            *options, *extra,
+            *options, *extra, *gating,
         )  # fmt: skip
-        splits = ["test", *results[method]["splits"]]
+        splits = ["test", *(s for s in results[method]["splits"] if s != "validation")]
         models = {arm: (run_dir, method)}
         if method == "rac":
             models[f"{arm}_self_correct"] = (run_dir, "rac_self_correct")
+        if gating:
+            models[f"{arm}_gated"] = (run_dir, "rac_gated")
+            gate_record = gate(run_dir, splits, args.family)
         if arm == "sft":
             models["sft_base"] = (base, "sft_base")
         for name, (root, model) in models.items():
@@ -301,6 +342,14 @@ def run_seed(
                 entry["cost"] = {k: results[model][k] for k in cost}
             entry["changed_fraction"] = changed_fraction(root / model)
             entry["diagnostics"] = diagnostics(root, model, splits)
+            if model == "rac_gated":
+                entry["gate"] = gate_record
+            recorded = record["models"].get(name, {}).get("answers", {})
+            if any(entry["answers"].get(k) != v for k, v in recorded.items()):
+                raise ValueError(
+                    f"{path}: {name} answers otherwise than recorded, so it is not the model "
+                    "the record holds; move the record away to run the seed again in full"
+                )
             record["models"][name] = entry
         write_json(path, record)
     return record
@@ -371,6 +420,8 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
             cells.append(f"{mean(costs):,.0f}" if costs else "-")
         print(f"| {label[model]} | " + " | ".join(cells) + " |")
 
+    if any(m.endswith("_gated") for m in models):
+        summary["gates"] = print_gates(records, having, label)
     first = next((r for r in records if r["seed"] == 0), None)
     if first is not None:
         summary["diagnostics"] = {m: e["diagnostics"] for m, e in first["models"].items()}
@@ -407,6 +458,47 @@ def print_edit_similarity(
             rows[model] = row
         splits[split] = rows
     return splits
+
+
+def print_gates(
+    records: list[dict[str, Any]], having: dict[str, list[dict[str, Any]]], label: dict[str, str]
+) -> dict[str, Any]:
+    """Per gated model and seed: the threshold chosen on validation, with the validation's right
+    answers and rewrites there, confirming every draft (threshold 0: direct answering) and
+    without the gate; and on each test split the gated answers against the arm's direct ones
+    (the issue's requirement: self-correct >= direct - 0.02)."""
+    gates: dict[str, Any] = {}
+    splits = list(records[0]["models"]["sft"]["answers"])
+    print("\n### RAC's gate, chosen on validation (right answers / rewrites)\n")
+    print("| model | threshold per seed | at it | threshold 0 (direct) | no gate | ", end="")
+    print(" | ".join(f"{s}: gated - direct per seed" for s in splits) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(splits))
+    for model in (m for m in having if m.endswith("_gated")):
+        per_seed = [r["models"][model]["gate"] for r in having[model]]
+        cells = [", ".join(str(g["threshold"]) for g in per_seed)]
+        for pick in ("chosen", 0.0, None):
+            rows = [
+                next(
+                    t
+                    for t in g["validation"]
+                    if t["threshold"] == (g["threshold"] if pick == "chosen" else pick)
+                )
+                for g in per_seed
+            ]
+            cells.append(", ".join(f"{t['correct']}/{t['rewrites']}" for t in rows))
+        direct = model.removesuffix("_gated")
+        differences = {
+            split: [
+                rate(r["models"][model]["answers"][split])
+                - rate(r["models"][direct]["answers"][split])
+                for r in having[model]
+            ]
+            for split in splits
+        }
+        cells += [", ".join(f"{d:+.3f}" for d in differences[split]) for split in splits]
+        print(f"| {label[model]} | " + " | ".join(cells) + " |")
+        gates[model] = {"gates": per_seed, "gated_minus_direct": differences}
+    return gates
 
 
 def print_diagnostics(diagnostics: dict[str, dict[str, Any]]) -> None:
@@ -466,8 +558,14 @@ def main(argv: list[str] | None = None) -> None:
         arms = {"sft": ("sft continued", []), **chosen}
         if seed >= AMENDED_FROM:
             arms |= AMENDED_ARMS.get(args.family, {})
-        missing = {a: v for a, v in arms.items() if record is None or a not in record["models"]}
-        if missing:  # a new seed, one stopped mid-way, or arms added since
+        missing = {
+            a: v
+            for a, v in arms.items()
+            if record is None
+            or a not in record["models"]
+            or (is_gated(v[1]) and f"{a}_gated" not in record["models"])
+        }
+        if missing:  # a new seed, one stopped mid-way, or arms (or the gate) added since
             record = run_seed(args, seed, missing, path, record)
         print(f"seed {seed}: {path}", flush=True)
         records.append(record)

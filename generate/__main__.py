@@ -24,6 +24,9 @@ One line per example: {"id", "prompt", "reference", "generation", "generation_id
 `max_new_tokens` cut the generation short), never padding; `generation` is their text without
 special tokens. Greedy and sampled outputs depend only on the example (and, for sampling, on
 seed and id), not on the number of ranks or the batch (exactly so in fp32): see sampling.py.
+With `--self_correct true` a line also has "confirm_probability", the model's probability of
+RAC's confirmation after the marker (`methods.correction.self_correct`; `--confirm_threshold`
+confirms drafts at least that sure without a second pass).
 
 Every rank holds a full replica of the model (bf16 on GPU, fp32 on CPU). A model too big for
 one device is not supported yet: ZeRO-3 would all-gather every layer for every new token, far
@@ -77,6 +80,7 @@ DECODING = (
     "pair_logps",
     "self_correct",
     "correction_marker",
+    "confirm_threshold",
 )
 
 
@@ -177,7 +181,7 @@ def generate_rows(
     )
     if args.self_correct:
         seeds = [example_seed(args.seed, f"{e.id}#correct") for e in batch] if seeds else None
-        new = self_correct(
+        new, confirm = self_correct(
             model,
             tokenizer,
             prompts,
@@ -187,7 +191,12 @@ def generate_rows(
             seeds,
             *sampling,
             continuous,
+            args.confirm_threshold,
         )
+        return [
+            to_row(e, ids, tokenizer) | {"confirm_probability": p}
+            for e, ids, p in zip(batch, new, confirm, strict=True)
+        ]
     return [to_row(e, ids, tokenizer) for e, ids in zip(batch, new, strict=True)]
 
 

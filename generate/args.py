@@ -56,6 +56,13 @@ class GenerateArgs:
     correction_marker: str = field(
         default=CORRECTION_MARKER, metadata={"help": "RAC's correction marker"}
     )
+    confirm_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "self_correct: confirm a draft without a second pass where the model's "
+            "probability of the confirmation is at least this (default: always a second pass)"
+        },
+    )
     precision: str = field(
         default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32"}
     )
@@ -91,6 +98,13 @@ class GenerateArgs:
             raise ValueError(
                 "continuous_batching decodes greedily: no do_sample (its seeded sampler would be "
                 "dropped), teacher_forced or pair_logps (one forward pass, nothing decoded)"
+            )
+        if self.confirm_threshold is not None and not (
+            self.self_correct and 0 <= self.confirm_threshold <= 1
+        ):
+            raise ValueError(
+                f"confirm_threshold gates self_correct's second pass: a probability in [0, 1] "
+                f"with self_correct, got {self.confirm_threshold}"
             )
         if self.teacher_forced and self.top_p != 1.0:
             raise ValueError("teacher_forced sampling uses temperature only; leave top_p at 1.0")

@@ -42,13 +42,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from data_tools.atomic import write_jsonl
+from data_tools.collate import pad_left
 from data_tools.config import parse_config
 from data_tools.errors import run_tool
 from data_tools.schema import TASKS, DataError, Example
-from data_tools.scoring import CONFIRMATION, RIGHT_OR_WRONG
+from data_tools.scoring import CONFIRMATION, RIGHT_OR_WRONG, final_answer_text
 from data_tools.scoring import is_right as scorer_says_right
 from data_tools.sources import jsonl_objects, load_examples, token_ids, unique_id
 from data_tools.tokenization import (
@@ -160,6 +162,32 @@ def encode_correction(
     return encoded
 
 
+@torch.no_grad()
+def confirmation_probabilities(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, contexts: Sequence[list[int]]
+) -> list[float]:
+    """Per context (prompt | draft | marker), the model's probability that the `CONFIRMATION`
+    comes next: how sure it is that the draft stands. One forward pass, left-padded as
+    generation pads, with the logits of the confirmation's positions only."""
+    confirm = response_ids(tokenizer, [CONFIRMATION])[0]
+    inputs = pad_left([list(c) + confirm for c in contexts], tokenizer.pad_token_id)
+    mask = inputs["attention_mask"]
+    logits = (
+        model(
+            input_ids=inputs["input_ids"].to(model.device),
+            attention_mask=mask.to(model.device),
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(model.device),
+            logits_to_keep=len(confirm) + 1,
+            use_cache=False,
+        )
+        .logits[:, :-1]
+        .float()
+    )
+    targets = torch.tensor(confirm, device=logits.device).expand(len(contexts), -1)
+    logps = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return logps.double().sum(-1).exp().tolist()
+
+
 def self_correct(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -171,19 +199,80 @@ def self_correct(
     temperature: float = 1.0,
     top_p: float = 1.0,
     continuous: bool = False,
-) -> list[list[int]]:
+    confirm_threshold: float | None = None,
+) -> tuple[list[list[int]], list[float]]:
     """RAC at inference: each draft (less its EOS), the marker, then a second generation from
-    prompt | draft | marker, as the model was trained to continue; returns draft | marker |
-    correction. The answer is the text after the last marker (`final_answer_text`).
-    `continuous`: the second generation with continuous batching (`generate_batch`)."""
+    prompt | draft | marker, as the model was trained to continue. Returns draft | marker |
+    correction, and the model's probability of the confirmation after each marker
+    (`confirmation_probabilities`). The answer is the text after the last marker
+    (`final_answer_text`). `confirm_threshold` gates the second pass: a draft whose
+    confirmation is at least that probable is confirmed without one, so the model rewrites only
+    where it is sure enough that its draft is wrong (`gated` makes the same answers from
+    ungated generations). `continuous`: the second generation with continuous batching
+    (`generate_batch`)."""
     stop = eos_ids(model, tokenizer)
     marker_ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
     drafts = [d[:-1] if d and d[-1] in stop else d for d in drafts]
     second = [p + d + marker_ids for p, d in zip(prompts, drafts, strict=True)]
-    fixes = generate_batch(
-        model, tokenizer, second, max_new_tokens, seeds, temperature, top_p, continuous
-    )
-    return [d + marker_ids + f for d, f in zip(drafts, fixes, strict=True)]
+    probabilities = confirmation_probabilities(model, tokenizer, second)
+    confirmation = response_ids(tokenizer, [CONFIRMATION])[0] + [tokenizer.eos_token_id]
+    fixes = [confirmation] * len(second)
+    rewrite = [
+        i for i, p in enumerate(probabilities) if confirm_threshold is None or p < confirm_threshold
+    ]
+    if rewrite:
+        new = generate_batch(
+            model,
+            tokenizer,
+            [second[i] for i in rewrite],
+            max_new_tokens,
+            [seeds[i] for i in rewrite] if seeds else None,
+            temperature,
+            top_p,
+            continuous,
+        )
+        for i, ids in zip(rewrite, new, strict=True):
+            fixes[i] = ids
+    return [d + marker_ids + f for d, f in zip(drafts, fixes, strict=True)], probabilities
+
+
+def gated(generation: str, probability: float, threshold: float | None, marker: str) -> str:
+    """A self-correcting generation as `self_correct`'s gate at `threshold` makes it: the draft
+    confirmed where the confirmation was at least that probable, the second pass otherwise
+    (and always without a threshold)."""
+    if threshold is None or probability < threshold:
+        return generation
+    return generation.partition(marker)[0] + marker + CONFIRMATION
+
+
+# The gate's thresholds tried on validation (`choose_threshold`): 0 confirms every draft (direct
+# answering), None confirms none unless the second pass itself does (no gate).
+GATE_THRESHOLDS = (0.0, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, None)
+
+
+def choose_threshold(
+    rows: Sequence[dict[str, Any]], task: str, marker: str
+) -> tuple[float | None, list[dict[str, Any]]]:
+    """The gate's threshold (of `GATE_THRESHOLDS`) with the most right answers on `rows`, a
+    validation split's ungated self-correcting generations with their `confirm_probability`;
+    a tie goes to the lower threshold, which rewrites less. Also each threshold's right answers
+    and rewrites (second passes that are not the confirmation)."""
+    table = []
+    for threshold in GATE_THRESHOLDS:
+        texts = [gated(r["generation"], r["confirm_probability"], threshold, marker) for r in rows]
+        answers = [final_answer_text(t, marker) for t in texts]
+        table.append(
+            {
+                "threshold": threshold,
+                "correct": sum(
+                    scorer_says_right(task, a, r["reference"])
+                    for a, r in zip(answers, rows, strict=True)
+                ),
+                "rewrites": sum(t.rpartition(marker)[2].strip() != CONFIRMATION for t in texts),
+            }
+        )
+    best = max(table, key=lambda row: row["correct"])  # the first of the best: the lowest
+    return best["threshold"], table
 
 
 def cut_draft(

@@ -13,6 +13,7 @@ from bench import compare_shift
 from bench.compare_dpo import mcnemar
 from bench.compare_shift import CompareShiftArgs, answers, load, summarise
 from data_tools.bootstrap import paired_bootstrap, paired_bootstrap_scores
+from methods.correction import CORRECTION_MARKER
 
 
 def bits(rng: random.Random, p: float, n: int = 60) -> str:
@@ -217,3 +218,84 @@ def test_a_seed_keeps_each_finished_arm_and_adds_only_to_its_own_base(
     monkeypatch.setattr(compare_shift, "model_fingerprint", lambda path: "base-2")
     with pytest.raises(ValueError, match=r"seed1\.json: its arms continued the SFT base base-1"):
         compare_shift.run_seed(args, 1, {"bash": arms["bash"]}, path, kept)
+
+
+def test_a_confirming_rac_arm_gets_the_gate_chosen_on_its_validation(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """A RAC arm that confirms right drafts also runs on validation, where the gate's threshold
+    is chosen; its gated answers on the test splits join the record (and a record that lacks
+    them gets them), and an arm that now answers otherwise than recorded is refused."""
+    args = CompareShiftArgs(
+        family="postfix", results_dir=str(tmp_path), output_dir=str(tmp_path / "runs")
+    )
+    options = ["--rac_right_drafts", "confirm", "--rac_variant", "whole"]
+    assert compare_shift.is_gated(options)
+    assert not compare_shift.is_gated([*options, "--rac_variant", "echo"])
+    seen = []
+
+    def row(draft: str, second: str, probability: float) -> dict:
+        text = f"{draft}{CORRECTION_MARKER}{second}"
+        return {
+            "id": draft,
+            "generation": text,
+            "reference": "a b +",
+            "confirm_probability": probability,
+        }
+
+    # validation: confirming at >= 0.1 repairs one draft and keeps one; test: one of each
+    generations = {
+        "validation": [row("a b +", "a b -", 0.4), row("a b *", "a b +", 0.05)],
+        "test": [row("a b +", "a b -", 0.5), row("a c *", "a b +", 0.01)],
+        "test_long": [row("a b +", "a b -", 0.02)],
+    }
+
+    def fake_pipeline(args, run_dir, *options):
+        seen.append(options)
+        method = options[options.index("--methods") + 1]
+        for split, rows in generations.items():
+            for model in {"": ["sft_base"], "rac": ["rac", "rac_self_correct"]}.get(
+                method, [method]
+            ):
+                path = run_dir / "eval" / split / f"{model}.jsonl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                direct = model == "rac"  # its answers are the drafts
+                lines = [r | {"generation": r["id"]} if direct else r for r in rows]
+                path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+        done = {"splits": ["validation", "test_long"], "trained_tokens": 1, "forward_sequences": 1}
+        return {method: done}
+
+    monkeypatch.setattr(compare_shift, "pipeline", fake_pipeline)
+    monkeypatch.setattr(compare_shift, "model_fingerprint", lambda path: "base-0")
+    path = tmp_path / "seed1.json"
+    arms = {"sft": ("sft continued", []), "rac": ("rac confirm whole", options)}
+    record = compare_shift.run_seed(args, 1, arms, path)
+    assert "--eval_splits" not in seen[1]  # SFT continued: the config's splits
+    assert seen[2][-2:] == ("--eval_splits", "validation,test_long")
+    gated = record["models"]["rac_gated"]
+    assert gated["gate"]["threshold"] == 0.1
+    # test: the right draft confirmed (p 0.5), the wrong one rewritten right (p 0.01)
+    assert gated["answers"] == {"test": "11", "test_long": "0"}
+    assert record["models"]["rac_self_correct"]["answers"] == {"test": "01", "test_long": "0"}
+    assert set(record["models"]["rac"]["answers"]) == {"test", "test_long"}
+    gates = summarise([record])["gates"]["rac_gated"]
+    assert gates["gated_minus_direct"] == {"test": [0.5], "test_long": [-1.0]}
+    assert "| rac_gated | 0.1 | 2/1 | 1/0 | 1/2 | +0.500 | -1.000 |" in capsys.readouterr().out
+
+    # A record without the gate gets it, from the RAC arm run again; one whose RAC arm now
+    # answers otherwise is refused.
+    tuning = {"stamp": args.stamp(), "chosen": {"rac": arms["rac"]}}
+    (tmp_path / "tuning.json").write_text(json.dumps(tuning))
+    monkeypatch.setattr(compare_shift, "summarise", lambda records: {})
+    argv = ["--family", "postfix", "--seeds", "1", "--results_dir", str(tmp_path)]
+    argv += ["--output_dir", str(tmp_path / "runs")]
+    del record["models"]["rac_gated"]
+    path.write_text(json.dumps(record))
+    compare_shift.main(argv)
+    record = json.loads(path.read_text())
+    assert record["models"]["rac_gated"] == gated
+    del record["models"]["rac_gated"]
+    record["models"]["rac"]["answers"]["test"] = "00"
+    path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="rac answers otherwise than recorded"):
+        compare_shift.main(argv)

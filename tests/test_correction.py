@@ -19,10 +19,13 @@ from data_tools.sources import load_examples
 from data_tools.tokenization import IGNORE_INDEX, Encoded, check_sample, encode_examples
 from methods.correction import (
     CORRECTION_MARKER,
+    GATE_THRESHOLDS,
     CorrectionReport,
     build_rac_samples,
+    choose_threshold,
     cut_draft,
     encode_correction,
+    gated,
     main,
     read_draft_ids,
 )
@@ -421,6 +424,32 @@ def test_final_answer_text() -> None:
     assert final_answer_text(f"a FIX {CONFIRMATION} and more", marker=" FIX ") != "a"
     with pytest.raises(ValueError, match="marker"):
         final_answer_text("x", marker="")
+
+
+def test_the_gate_threshold_is_chosen_by_the_scorer() -> None:
+    """`choose_threshold` scores each threshold's gated answers: a draft confirmed where its
+    confirmation is at least that probable, the second pass elsewhere."""
+
+    def row(draft: str, second: str, probability: float) -> dict:
+        generation = f"{draft}{CORRECTION_MARKER}{second}"
+        return {"generation": generation, "reference": "a b +", "confirm_probability": probability}
+
+    rows = [
+        row("a b +", "a b -", 0.4),  # a right draft that a rewrite breaks
+        row("a b *", "a b +", 0.05),  # a wrong draft that a rewrite repairs
+        row("a b +", CONFIRMATION, 0.8),  # confirmed by the second pass itself
+        row("a b *", "a b -", 0.02),  # wrong either way
+    ]
+    threshold, table = choose_threshold(rows, "postfix", CORRECTION_MARKER)
+    assert [t["threshold"] for t in table] == list(GATE_THRESHOLDS)
+    correct = {t["threshold"]: t["correct"] for t in table}
+    rewrites = {t["threshold"]: t["rewrites"] for t in table}
+    assert [correct[t] for t in GATE_THRESHOLDS] == [2, 2, 2, 3, 3, 3, 2, 2, 2, 2]
+    assert [rewrites[t] for t in (0.0, 0.03, 0.1, 0.5, 0.9, None)] == [0, 1, 2, 3, 3, 3]
+    assert threshold == 0.1  # the lowest of the best
+    text = gated(rows[1]["generation"], 0.05, 0.05, CORRECTION_MARKER)
+    assert text == f"a b *{CORRECTION_MARKER}{CONFIRMATION}"
+    assert gated(rows[1]["generation"], 0.05, None, CORRECTION_MARKER) == rows[1]["generation"]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -4,6 +4,7 @@ the outputs unchanged."""
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -13,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_tools.scoring import CONFIRMATION, final_answer_text
 from data_tools.sources import load_examples
-from data_tools.tokenization import encode_prompts
+from data_tools.tokenization import encode_prompts, response_ids
 from generate.__main__ import main
-from methods.correction import CORRECTION_MARKER
+from methods.correction import CORRECTION_MARKER, gated
 from runtime.ds_config import ConfigError
 from runtime.generation import SeededSampler, example_seed, generate_batch, longest_first
 from runtime.modeling import load_model
@@ -297,6 +299,49 @@ def test_self_correct_is_draft_marker_then_a_second_generation(
         second = generate_batch(model, tokenizer, [prompt + draft + marker], MAX_NEW)[0]
         assert ids == draft + marker + second
         assert CORRECTION_MARKER.strip() in row["generation"]
+        # The confirmation's probability, from the unpadded sequence token by token.
+        confirm = response_ids(tokenizer, [CONFIRMATION])[0]
+        sequence = prompt + draft + marker + confirm
+        with torch.no_grad():
+            logits = model(torch.tensor([sequence])).logits[0].double()
+        start = len(sequence) - len(confirm)
+        expected = math.prod(
+            logits[start - 1 + k].softmax(-1)[t].item() for k, t in enumerate(confirm)
+        )
+        assert row["confirm_probability"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_gate_confirms_the_drafts_it_is_sure_of(files: Path, tokenizer) -> None:
+    """--confirm_threshold: a draft whose confirmation is at least that probable is confirmed
+    without a second pass, the rest are as without the gate; `gated` makes the same answers from
+    the ungated generations."""
+    argv = ["--model_name_or_path", str(files / "model"), "--data", str(files / "data.jsonl")]
+    argv += ["--limit", "8", "--max_new_tokens", str(MAX_NEW), "--self_correct", "true"]
+    ungated, gate = files / "ungated.jsonl", files / "gated.jsonl"
+    main([*argv, "--output", str(ungated)])
+    free = lines(ungated)
+    threshold = sorted(r["confirm_probability"] for r in free)[4]  # the upper half confirmed
+    main([*argv, "--output", str(gate), "--confirm_threshold", str(threshold)])
+    marker = tokenizer(CORRECTION_MARKER, add_special_tokens=False)["input_ids"]
+    confirmation = response_ids(tokenizer, [CONFIRMATION])[0] + [tokenizer.eos_token_id]
+    confirmed = 0
+    for before, after in zip(free, lines(gate), strict=True):
+        assert after["confirm_probability"] == before["confirm_probability"]
+        draft = before["generation_ids"][: before["generation_ids"].index(marker[0])]
+        if before["confirm_probability"] >= threshold:
+            confirmed += 1
+            assert after["generation_ids"] == draft + marker + confirmation
+        else:
+            assert after["generation_ids"] == before["generation_ids"]
+        offline = gated(
+            before["generation"], before["confirm_probability"], threshold, CORRECTION_MARKER
+        )
+        assert final_answer_text(offline, CORRECTION_MARKER) == final_answer_text(
+            after["generation"], CORRECTION_MARKER
+        )
+    assert confirmed == 4
+    with pytest.raises(ValueError, match="confirm_threshold gates self_correct"):
+        main([*argv[:-2], "--output", str(gate), "--confirm_threshold", "0.5"])
 
 
 def test_num_samples_gives_distinct_ids_and_samples(files: Path) -> None:
