@@ -17,8 +17,9 @@ split and on the shifted ones.
 3. Per arm against SFT continued, per split: the per-seed difference with the exact McNemar test
    on the same problems, and a paired bootstrap over every (seed, problem); RAC's first and
    second pass with the flips; BASH's and SCS's changed fraction; the cost; seed 0's
-   diagnostics; and for postfix each model's edit similarity, paired the same way (the
-   amendment's sixth part: graded credit where exact match is at the floor).
+   diagnostics; for postfix each model's edit similarity, paired the same way (the
+   amendment's sixth part: graded credit where exact match is at the floor); and RAC's gated
+   self-correct, its threshold chosen on each seed's validation (the seventh part).
 
 A session's machine keeps no runs, so the study spans sessions through `results_dir` (in the
 repository): the tuning's choice and each seed's per-problem answers are written there as they
@@ -292,9 +293,11 @@ def run_seed(
     """One seed's base and `arms`, run (or finished), each read back into the seed's record at
     `path` (a new one, or `record` with these arms added) as it finishes, so that a session that
     ends mid-seed keeps its finished arms: each model's answers per split, RAC's passes, the
-    changed fraction, the cost and (seed 0) diagnostics. Arms are added only to a record whose
+    changed fraction, the cost and (seed 0) diagnostics; a RAC arm trained with confirmations
+    also answers validation, for its gated mode (`gate`). Arms are added only to a record whose
     base is the model made here, by its weights' fingerprint: a base made again by other code or
-    libraries is another model, which the recorded arms did not continue."""
+    libraries is another model, which the recorded arms did not continue; and an arm run again
+    (for a gate the record lacks) must answer as recorded."""
     out = Path(args.output_dir) / "test" / f"seed{seed}"
     extra = ["--diagnostics", DIAGNOSTICS[args.family]] if seed == 0 else []
     base = out / "base"
