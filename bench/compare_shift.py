@@ -310,10 +310,10 @@ def run_seed(
             f"base made now is {made} (other code or libraries); move the record away to run "
             "the seed again in full"
         )
+    shifted = read_config(REPO / CONFIGS[args.family]).get("eval_splits", "")
     for arm, (_, options) in arms.items():
         method = arm.split("_")[0]
         run_dir = out / arm
-        shifted = read_config(REPO / CONFIGS[args.family]).get("eval_splits", "")
         gating = ["--eval_splits", f"validation,{shifted}"] if is_gated(options) else []
         results = pipeline(
             args, run_dir, "--base_dir", str(base), "--seed", str(seed), "--methods", method,
@@ -479,15 +479,13 @@ def print_gates(
     for model in (m for m in having if m.endswith("_gated")):
         per_seed = [r["models"][model]["gate"] for r in having[model]]
         cells = [", ".join(str(g["threshold"]) for g in per_seed)]
-        for pick in ("chosen", 0.0, None):
-            rows = [
-                next(
-                    t
-                    for t in g["validation"]
-                    if t["threshold"] == (g["threshold"] if pick == "chosen" else pick)
-                )
-                for g in per_seed
-            ]
+        tables = [{t["threshold"]: t for t in g["validation"]} for g in per_seed]
+        for picks in (
+            [g["threshold"] for g in per_seed],
+            [0.0] * len(per_seed),
+            [None] * len(per_seed),
+        ):
+            rows = [table[pick] for table, pick in zip(tables, picks, strict=True)]
             cells.append(", ".join(f"{t['correct']}/{t['rewrites']}" for t in rows))
         direct = model.removesuffix("_gated")
         differences = {

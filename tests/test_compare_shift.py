@@ -13,6 +13,7 @@ from bench import compare_shift
 from bench.compare_dpo import mcnemar
 from bench.compare_shift import CompareShiftArgs, answers, load, summarise
 from data_tools.bootstrap import paired_bootstrap, paired_bootstrap_scores
+from data_tools.schema import DataError
 from methods.correction import CORRECTION_MARKER
 
 
@@ -299,3 +300,11 @@ def test_a_confirming_rac_arm_gets_the_gate_chosen_on_its_validation(
     path.write_text(json.dumps(record))
     with pytest.raises(ValueError, match="rac answers otherwise than recorded"):
         compare_shift.main(argv)
+
+    # A self-correcting generation made before generate recorded the probability is named.
+    stale = tmp_path / "runs" / "test" / "seed1" / "rac" / "eval" / "validation"
+    lines = (stale / "rac_self_correct.jsonl").read_text().splitlines()
+    unrecorded = {k: v for k, v in json.loads(lines[0]).items() if k != "confirm_probability"}
+    (stale / "rac_self_correct.jsonl").write_text(json.dumps(unrecorded) + "\n")
+    with pytest.raises(DataError, match="field 'confirm_probability': missing: made before"):
+        compare_shift.gate(stale.parents[1], ["test"], "postfix")
