@@ -17,8 +17,11 @@
    against sft+dpo and against its own start m, on the same test problems; the held-out
    preference accuracy and the last step's reward margin of each DPO run.
 
-Every run is a `pipeline` run, so a rerun skips what is finished. Prints markdown for
-bench/RESULTS.md and writes <output_dir>/summary.json.
+Every run is a `pipeline` run, so a rerun skips what is finished. The base's fingerprint, the
+tuning's choice and each seed's results are recorded in `--results_dir`
+(bench/results/compare_dpo) as they finish, so a study longer than a session goes on from a fresh
+machine: the base is made again there and must be the recorded one. Prints markdown for bench/RESULTS.md and writes
+<output_dir>/summary.json.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from bench.compare_methods import CompareArgs, pipeline
+from bench.compare_methods import CompareArgs, base, load, pipeline
 from data_tools.atomic import write_json
 from data_tools.config import parse_config
 from data_tools.errors import run_tool
@@ -73,12 +77,11 @@ def last_metrics(run_dir: Path, model: str) -> dict:
     return json.loads(last)
 
 
-def tune(out: Path, base: list[str]) -> tuple[str, list[str]]:
-    """Every DPO setting on the SFT start (seed 0, validation split); the one whose sft+dpo has
-    the best exact match."""
-    print("\n| DPO setting | sft validation exact match | sft+dpo | held-out preference accuracy |")
-    print("|---|---:|---:|---:|")
-    tuned = []
+def tune(out: Path, base: list[str]) -> dict[str, Any]:
+    """Every DPO setting on the SFT start (seed 0, validation split): per setting the exact
+    match of sft and sft+dpo and the held-out preference accuracy (`validation`), and the
+    setting whose sft+dpo has the best exact match (`chosen`)."""
+    rows = []
     for name, options in SETTINGS:
         run_dir = out / "validation" / name.replace(" ", "").replace(",", "_")
         r = pipeline(
@@ -86,19 +89,44 @@ def tune(out: Path, base: list[str]) -> tuple[str, list[str]]:
             "--report_split", "validation",
         )  # fmt: skip
         dpo = r["sft+dpo"]
-        tuned.append((dpo["exact_match"], name, options))
-        print(
-            f"| {name} | {r['sft']['exact_match']:.3f} | {dpo['exact_match']:.3f} | "
-            f"{dpo['preference_accuracy']:.3f} |"
-        )
-    _, name, options = max(tuned, key=lambda t: t[0])
-    return name, options
+        rows.append([name, r["sft"]["exact_match"], dpo["exact_match"], dpo["preference_accuracy"]])
+    return {"validation": rows, "chosen": max(rows, key=lambda row: row[2])[0]}
+
+
+def run_seed(out: Path, seed: int, options: list[str]) -> dict[str, Any]:
+    """One seed's test run: every start and its DPO; per DPO model its exact match, its start's,
+    the paired tests against its start and against sft+dpo, the held-out preference accuracy
+    and the last step's reward margin."""
+    run_dir = out / "test" / f"seed{seed}"
+    results = pipeline(
+        run_dir, "--base_dir", str(out / "base"), "--seed", str(seed), "--methods",
+        ",".join(STARTS), "--dpo_after", ",".join(STARTS), *COMMON, *options,
+        "--report_split", "test",
+    )  # fmt: skip
+    # the starts and their DPO (the SFT base's file is in the base run, and not compared)
+    answers = {m: correct(run_dir, "test", m) for s in STARTS for m in (s, s + DPO_SUFFIX)}
+    rows = {}
+    for m in STARTS:
+        dpo = m + DPO_SUFFIX
+        rows[dpo] = {
+            "exact_match": results[dpo]["exact_match"],
+            "start_exact_match": results[m]["exact_match"],
+            "against_start": mcnemar(answers[dpo], answers[m]),
+            "against_sft+dpo": mcnemar(answers[dpo], answers["sft+dpo"]),
+            "preference_accuracy": results[dpo]["preference_accuracy"],
+            "reward_margin": last_metrics(run_dir, dpo)["train/reward_margin"],
+        }
+    return {"n": len(answers["sft"]), "models": rows}
 
 
 @dataclass
 class CompareDPOArgs(CompareArgs):
     output_dir: str = field(
         default="bench_runs/compare_dpo", metadata={"help": "folder of every pipeline run"}
+    )
+    results_dir: str = field(
+        default="bench/results/compare_dpo",
+        metadata={"help": "the tuning's choice and each seed's results, kept across sessions"},
     )
     setting: str = field(
         default="",
@@ -117,40 +145,42 @@ class CompareDPOArgs(CompareArgs):
 
 def main(argv: list[str] | None = None) -> None:
     (args,) = parse_config((CompareDPOArgs,), argv)
-    out, seeds = Path(args.output_dir), args.seed_list()
-    base = ["--base_dir", str(out / "base")]
-    pipeline(out / "base", "--methods", "", "--report_split", "validation")
-
+    out, results, stamp = Path(args.output_dir), Path(args.results_dir), args.stamp()
     if args.setting:
-        chosen, options = args.setting, dict(SETTINGS)[args.setting]
+        chosen = args.setting
     else:
-        chosen, options = tune(out, base)
+        tuning = load(results / "tuning.json", stamp)
+        if tuning is None:
+            base(out, results / "base.json", stamp)
+            tuning = {"stamp": stamp, **tune(out, ["--base_dir", str(out / "base")])}
+            write_json(results / "tuning.json", tuning)
+        print(
+            "\n| DPO setting | sft validation exact match | sft+dpo | held-out preference accuracy |"
+        )
+        print("|---|---:|---:|---:|")
+        for name, sft, dpo, accuracy in tuning["validation"]:
+            print(f"| {name} | {sft:.3f} | {dpo:.3f} | {accuracy:.3f} |")
+        chosen = tuning["chosen"]
     print(f"\nDPO setting: {chosen}")
 
+    # The test split, touched once; each seed recorded as it finishes.
     summary: dict = {"setting": chosen, "seeds": {}}
-    for seed in seeds:
-        run_dir = out / "test" / f"seed{seed}"
-        results = pipeline(
-            run_dir, *base, "--seed", str(seed), "--methods", ",".join(STARTS),
-            "--dpo_after", ",".join(STARTS), *COMMON, *options, "--report_split", "test",
-        )  # fmt: skip
-        # the starts and their DPO (the SFT base's file is in the base run, and not compared)
-        answers = {m: correct(run_dir, "test", m) for s in STARTS for m in (s, s + DPO_SUFFIX)}
-        seed_rows = {}
-        for m in STARTS:
-            dpo = m + DPO_SUFFIX
-            metrics = last_metrics(run_dir, dpo)
-            seed_rows[dpo] = {
-                "exact_match": results[dpo]["exact_match"],
-                "start_exact_match": results[m]["exact_match"],
-                "against_start": mcnemar(answers[dpo], answers[m]),
-                "against_sft+dpo": mcnemar(answers[dpo], answers["sft+dpo"]),
-                "preference_accuracy": results[dpo]["preference_accuracy"],
-                "reward_margin": metrics["train/reward_margin"],
-            }
-        summary["seeds"][seed] = seed_rows
+    for seed in (seeds := args.seed_list()):
+        path = results / f"seed{seed}.json"
+        record = load(path, stamp)
+        if record is None:
+            base(out, results / "base.json", stamp)
+            run = run_seed(out, seed, dict(SETTINGS)[chosen])
+            record = {"stamp": stamp, "seed": seed, "setting": chosen, **run}
+            write_json(path, record)
+        if record["setting"] != chosen:
+            raise ValueError(
+                f"{path}: made with DPO {record['setting']!r}, not {chosen!r}; move it away to "
+                "run the seed again with this setting"
+            )
+        summary["seeds"][seed] = record["models"]
 
-    print(f"\n### The test split (n = {len(answers['sft'])}, seeds {args.seeds}), DPO {chosen}\n")
+    print(f"\n### The test split (n = {record['n']}, seeds {args.seeds}), DPO {chosen}\n")
     print("| model | exact match, mean ± sd | per seed | its start, per seed |")
     print("|---|---:|---|---|")
     for m in STARTS:

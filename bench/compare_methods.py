@@ -15,23 +15,29 @@ training examples), and what each costs.
 4. Exposure bias of each seed-0 model (`generate.exposure_bias`, the first 200 test problems):
    token accuracy per response position under teacher forcing and free running.
 
-Every run is a `pipeline` run, so a rerun skips what is finished. Prints markdown for
-bench/RESULTS.md and writes <output_dir>/summary.json.
+Every run is a `pipeline` run, so a rerun skips what is finished. The base's fingerprint, the
+tuning's choice and each seed's results are recorded in `--results_dir` (bench/results/compare) as
+they finish, so a study longer than a session goes on from a fresh machine: the base is made
+again there and must be the recorded one. Prints markdown for bench/RESULTS.md and writes
+<output_dir>/summary.json.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from data_tools.atomic import write_json
 from data_tools.config import parse_config
 from data_tools.errors import run_tool
 from pipeline.plan import round_folders
+from runtime.fingerprint import model_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/compare_demo.yaml"
@@ -90,8 +96,9 @@ def slug(name: str) -> str:
     return name.replace(" ", "_").replace(",", "")
 
 
-def tune(out: Path) -> dict[str, tuple[str, list[str]]]:
-    """Validation exact match of every variant; the best variant per reported model."""
+def tune(out: Path) -> dict[str, Any]:
+    """Validation exact match of every variant (`validation`: variant, model, exact match) and
+    the best variant per reported model (`chosen`: variant, [method, *options])."""
     rows, best = [], {}
     for name, method, options in VARIANTS:
         results = pipeline(
@@ -110,13 +117,10 @@ def tune(out: Path) -> dict[str, tuple[str, list[str]]]:
             rows.append((name, model, r["exact_match"]))
             if model not in best or r["exact_match"] > best[model][0]:
                 best[model] = (r["exact_match"], name, [method, *options])
-    print("\n| variant | model | validation exact match |\n|---|---|---:|")
-    for name, model, em in rows:
-        print(f"| {name} | {model} | {em:.3f} |")
     chosen = {model: (name, options) for model, (_, name, options) in best.items()}
     name, (_, *options) = chosen["bash"]
     chosen["scs"] = (name.replace("bash", "scs").split(",")[0], ["scs", *scs_options(options)])
-    return chosen
+    return {"validation": rows, "chosen": chosen}
 
 
 def trained_model(run_dir: Path, method: str) -> Path:
@@ -148,14 +152,6 @@ def exposure_bias(out: Path, chosen: dict[str, tuple[str, list[str]]]) -> dict[s
         teacher = statistics.mean(r["teacher_forced"]["accuracy"][i] for i in reached)
         free = statistics.mean(r["free_running"]["accuracy"][i] for i in reached)
         rows[model] = {"positions": len(reached), "teacher_forced": teacher, "free_running": free}
-    print("\n| model (seed 0) | positions | token accuracy, teacher forced | free running | gap |")
-    print("|---|---:|---:|---:|---:|")
-    for model, r in rows.items():
-        gap = r["free_running"] - r["teacher_forced"]
-        print(
-            f"| {model} | {r['positions']} | {r['teacher_forced']:.3f} | "
-            f"{r['free_running']:.3f} | {gap:+.3f} |"
-        )
     return rows
 
 
@@ -165,6 +161,10 @@ class CompareArgs:
         default="bench_runs/compare", metadata={"help": "folder of every pipeline run"}
     )
     seeds: str = field(default="0,1,2", metadata={"help": "the test runs' seeds, comma-separated"})
+    results_dir: str = field(
+        default="bench/results/compare",
+        metadata={"help": "the tuning's choice and each seed's results, kept across sessions"},
+    )
 
     def __post_init__(self) -> None:
         try:
@@ -177,33 +177,98 @@ class CompareArgs:
     def seed_list(self) -> list[int]:
         return [int(s) for s in self.seeds.split(",")]
 
+    def stamp(self) -> str:
+        """What the records depend on: the config."""
+        return hashlib.sha256((REPO / CONFIG).read_text().encode()).hexdigest()[:16]
+
+
+def load(path: Path, stamp: str) -> dict[str, Any] | None:
+    """A finished record, or None; one made under another config is refused."""
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    if record["stamp"] != stamp:
+        raise ValueError(
+            f"{path}: made under another config or pipeline_options (stamp {record['stamp']}, "
+            f"now {stamp}); move the folder away to run the study again"
+        )
+    return record
+
+
+def base(out: Path, path: Path, stamp: str) -> dict[str, Any]:
+    """The shared SFT base, made (or finished) here, with its validation exact match and its
+    weights' fingerprint, recorded at `path` the first time. A base made again in a later session
+    must be the recorded one, since the recorded runs continued that model (one made by other
+    code or libraries is another)."""
+    results = pipeline(out / "base", "--methods", "", "--report_split", "validation")
+    made = {
+        "stamp": stamp,
+        "base": model_fingerprint(str(out / "base" / "sft_base" / "export")),
+        "base_exact_match": results["sft_base"]["exact_match"],
+    }
+    recorded = load(path, stamp)
+    if recorded is None:
+        write_json(path, made)
+    elif recorded["base"] != made["base"]:
+        raise ValueError(
+            f"{path}: the recorded runs continued the SFT base {recorded['base']}, but the base "
+            f"made now is {made['base']} (other code or libraries); move the folder away to run "
+            "the study again in full"
+        )
+    return made
+
+
+def run_seed(out: Path, seed: int, chosen: dict[str, Any]) -> dict[str, dict]:
+    """One seed's test run of every chosen variant: each model's results, the base's too."""
+    models = {}
+    for model, (name, (method, *options)) in chosen.items():
+        results = pipeline(
+            out / "test" / f"seed{seed}" / slug(name), "--base_dir", str(out / "base"),
+            "--seed", str(seed), "--methods", method, "--report_split", "test", *options,
+        )  # fmt: skip
+        models[model] = results[model]
+    models["sft_base"] = results["sft_base"]  # the same model every seed
+    return models
+
 
 def main(argv: list[str] | None = None) -> None:
     (args,) = parse_config((CompareArgs,), argv)
-    out, seeds = Path(args.output_dir), args.seed_list()
+    out, results, stamp = Path(args.output_dir), Path(args.results_dir), args.stamp()
+    tuning = load(results / "tuning.json", stamp)
+    if tuning is None:
+        made = base(out, results / "base.json", stamp)
+        tuning = {"stamp": stamp, "base_exact_match": made["base_exact_match"], **tune(out)}
+        write_json(results / "tuning.json", tuning)
+    print(f"SFT base, validation exact match: {tuning['base_exact_match']:.3f}")
+    print("\n| variant | model | validation exact match |\n|---|---|---:|")
+    for name, model, em in tuning["validation"]:
+        print(f"| {name} | {model} | {em:.3f} |")
+    chosen = tuning["chosen"]
 
-    base = pipeline(out / "base", "--methods", "", "--report_split", "validation")
-    print(f"SFT base, validation exact match: {base['sft_base']['exact_match']:.3f}")
-    chosen = tune(out)
+    # The test split, touched once: every chosen configuration, each seed, each recorded as it
+    # finishes, so that a study longer than a session resumes where it stopped.
+    records = []
+    for seed in args.seed_list():
+        path = results / f"seed{seed}.json"
+        record = load(path, stamp)
+        if record is None:
+            base(out, results / "base.json", stamp)
+            record = {"stamp": stamp, "seed": seed, "models": run_seed(out, seed, chosen)}
+            if seed == 0:
+                record["exposure_bias"] = exposure_bias(out, chosen)
+            write_json(path, record)
+        records.append(record)
 
-    # The test split: every chosen configuration, each seed.
-    test: dict[str, list[dict]] = {"sft_base": []}
-    for seed in seeds:
-        for model, (name, (method, *options)) in chosen.items():
-            results = pipeline(
-                out / "test" / f"seed{seed}" / slug(name),
-                "--base_dir",
-                str(out / "base"),
-                "--seed",
-                str(seed),
-                "--methods",
-                method,
-                "--report_split",
-                "test",
-                *options,
-            )
-            test.setdefault(model, []).append(results[model])
-        test["sft_base"].append(results["sft_base"])  # the same model every seed
+    write_json(out / "summary.json", summarise(records, chosen))
+
+
+def summarise(records: list[dict[str, Any]], chosen: dict[str, Any]) -> dict[str, Any]:
+    """Print the test split's tables for bench/RESULTS.md: exact match over seeds, by number of
+    steps, the cost against SFT's and (seed 0) exposure bias; return their numbers."""
+    test: dict[str, list[dict]] = {}
+    for record in records:
+        for model, r in record["models"].items():
+            test.setdefault(model, []).append(r)
 
     summary = {}
     print("\n| model (variant) | test exact match, mean ± sd over seeds | per seed |")
@@ -245,8 +310,19 @@ def main(argv: list[str] | None = None) -> None:
                 for k in ("train_wall_s", "forward_sequences", "trained_tokens")
             ]
             print(f"| {model} | " + " | ".join(f"{x:.2f}" for x in ratios) + " |")
-    summary["exposure_bias"] = exposure_bias(out, chosen)
-    write_json(out / "summary.json", summary)
+    if "exposure_bias" in records[0]:
+        print(
+            "\n| model (seed 0) | positions | token accuracy, teacher forced | free running | gap |"
+        )
+        print("|---|---:|---:|---:|---:|")
+        for model, r in records[0]["exposure_bias"].items():
+            gap = r["free_running"] - r["teacher_forced"]
+            print(
+                f"| {model} | {r['positions']} | {r['teacher_forced']:.3f} | "
+                f"{r['free_running']:.3f} | {gap:+.3f} |"
+            )
+        summary["exposure_bias"] = records[0]["exposure_bias"]
+    return summary
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from statistics import mean
 from typing import Any
 
 from bench.compare_dpo import mcnemar
-from bench.compare_methods import REPO, CompareArgs, scs_options, slug
+from bench.compare_methods import REPO, CompareArgs, load, scs_options, slug
 from bench.compare_methods import pipeline as run_pipeline
 from data_tools.atomic import write_json, write_jsonl
 from data_tools.bootstrap import paired_bootstrap, paired_bootstrap_scores
@@ -146,19 +146,6 @@ def pipeline(args: CompareShiftArgs, run_dir: Path, *options: str) -> dict[str, 
     """Run (or finish) one pipeline of the family's config, with `pipeline_options` last."""
     extra = shlex.split(args.pipeline_options)
     return run_pipeline(run_dir, *options, *extra, config=CONFIGS[args.family])
-
-
-def load(path: Path, stamp: str) -> dict[str, Any] | None:
-    """A finished record, or None; one made under another config is refused."""
-    if not path.exists():
-        return None
-    record = json.loads(path.read_text())
-    if record["stamp"] != stamp:
-        raise ValueError(
-            f"{path}: made under another config or pipeline_options (stamp {record['stamp']}, "
-            f"now {stamp}); move the folder away to run the study again"
-        )
-    return record
 
 
 def tune(args: CompareShiftArgs, base: Path) -> dict[str, Any]:
