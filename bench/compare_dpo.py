@@ -20,8 +20,8 @@
 Every run is a `pipeline` run, so a rerun skips what is finished. The base's fingerprint, the
 tuning's choice and each seed's results are recorded in `--results_dir`
 (bench/results/compare_dpo) as they finish, so a study longer than a session goes on from a fresh
-machine: the base is made again there and must be the recorded one. Prints markdown for bench/RESULTS.md and writes
-<output_dir>/summary.json.
+machine: the base is made again there and must be the recorded one. Prints markdown for
+bench/RESULTS.md and writes <output_dir>/summary.json.
 """
 
 from __future__ import annotations
@@ -146,12 +146,13 @@ class CompareDPOArgs(CompareArgs):
 def main(argv: list[str] | None = None) -> None:
     (args,) = parse_config((CompareDPOArgs,), argv)
     out, results, stamp = Path(args.output_dir), Path(args.results_dir), args.stamp()
+    made = None  # the base, made and checked once, before the first run of this invocation
     if args.setting:
         chosen = args.setting
     else:
         tuning = load(results / "tuning.json", stamp)
         if tuning is None:
-            base(out, results / "base.json", stamp)
+            made = base(out, results / "base.json", stamp)
             tuning = {"stamp": stamp, **tune(out, ["--base_dir", str(out / "base")])}
             write_json(results / "tuning.json", tuning)
         print(
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         path = results / f"seed{seed}.json"
         record = load(path, stamp)
         if record is None:
-            base(out, results / "base.json", stamp)
+            made = made or base(out, results / "base.json", stamp)
             run = run_seed(out, seed, dict(SETTINGS)[chosen])
             record = {"stamp": stamp, "seed": seed, "setting": chosen, **run}
             write_json(path, record)

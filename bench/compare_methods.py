@@ -234,6 +234,7 @@ def run_seed(out: Path, seed: int, chosen: dict[str, Any]) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> None:
     (args,) = parse_config((CompareArgs,), argv)
     out, results, stamp = Path(args.output_dir), Path(args.results_dir), args.stamp()
+    made = None  # the base, made and checked once, before the first run of this invocation
     tuning = load(results / "tuning.json", stamp)
     if tuning is None:
         made = base(out, results / "base.json", stamp)
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         path = results / f"seed{seed}.json"
         record = load(path, stamp)
         if record is None:
-            base(out, results / "base.json", stamp)
+            made = made or base(out, results / "base.json", stamp)
             record = {"stamp": stamp, "seed": seed, "models": run_seed(out, seed, chosen)}
             if seed == 0:
                 record["exposure_bias"] = exposure_bias(out, chosen)
