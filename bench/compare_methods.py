@@ -189,8 +189,8 @@ def load(path: Path, stamp: str) -> dict[str, Any] | None:
     record = json.loads(path.read_text())
     if record["stamp"] != stamp:
         raise ValueError(
-            f"{path}: made under another config or pipeline_options (stamp {record['stamp']}, "
-            f"now {stamp}); move the folder away to run the study again"
+            f"{path}: made under another config or other options (stamp {record['stamp']}, now "
+            f"{stamp}); move the folder away to run the study again"
         )
     return record
 
@@ -209,13 +209,20 @@ def base(out: Path, path: Path, stamp: str) -> dict[str, Any]:
     recorded = load(path, stamp)
     if recorded is None:
         write_json(path, made)
-    elif recorded["base"] != made["base"]:
-        raise ValueError(
-            f"{path}: the recorded runs continued the SFT base {recorded['base']}, but the base "
-            f"made now is {made['base']} (other code or libraries); move the folder away to run "
-            "the study again in full"
-        )
+    else:
+        same_base(path, recorded["base"], made["base"])
     return made
+
+
+def same_base(path: Path, recorded: str | None, made: str) -> None:
+    """Refuse to add to the runs recorded at `path` unless the SFT base they continued (by its
+    weights' fingerprint) is the one made now: a base made by other code or libraries is another
+    model."""
+    if recorded != made:
+        raise ValueError(
+            f"{path}: its runs continued the SFT base {recorded}, but the base made now is {made} "
+            "(other code or libraries); move it away to run them again in full"
+        )
 
 
 def run_seed(out: Path, seed: int, chosen: dict[str, Any]) -> dict[str, dict]:

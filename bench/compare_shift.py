@@ -41,7 +41,7 @@ from statistics import mean
 from typing import Any
 
 from bench.compare_dpo import mcnemar
-from bench.compare_methods import REPO, CompareArgs, load, scs_options, slug
+from bench.compare_methods import REPO, CompareArgs, load, same_base, scs_options, slug
 from bench.compare_methods import pipeline as run_pipeline
 from data_tools.atomic import write_json, write_jsonl
 from data_tools.bootstrap import paired_bootstrap, paired_bootstrap_scores
@@ -291,12 +291,7 @@ def run_seed(
     pipeline(args, base, "--seed", str(seed), "--methods", "", *extra)
     made = model_fingerprint(str(base / "sft_base" / "export"))
     record = record or {"stamp": args.stamp(), "seed": seed, "base": made, "models": {}}
-    if record.get("base") != made:
-        raise ValueError(
-            f"{path}: its arms continued the SFT base {record.get('base')}, but seed {seed}'s "
-            f"base made now is {made} (other code or libraries); move the record away to run "
-            "the seed again in full"
-        )
+    same_base(path, record.get("base"), made)
     shifted = read_config(REPO / CONFIGS[args.family]).get("eval_splits", "")
     for arm, (_, options) in arms.items():
         method = arm.split("_")[0]

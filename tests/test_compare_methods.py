@@ -64,7 +64,7 @@ def test_the_study_resumes_from_its_records_and_refuses_another_base(
     assert runs == [] and capsys.readouterr().out == first
 
     monkeypatch.setattr(compare_methods, "model_fingerprint", lambda path: "base-B")
-    with pytest.raises(ValueError, match="base.json: the recorded runs continued the SFT base"):
+    with pytest.raises(ValueError, match="base.json: its runs continued the SFT base"):
         compare_methods.main([*argv, "--seeds", "0,1,2"])
     assert not (tmp_path / "rec/seed2.json").exists()
 

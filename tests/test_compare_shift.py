@@ -217,7 +217,7 @@ def test_a_seed_keeps_each_finished_arm_and_adds_only_to_its_own_base(
     assert kept["models"]["sft"]["answers"] == {"test": "101"}
 
     monkeypatch.setattr(compare_shift, "model_fingerprint", lambda path: "base-2")
-    with pytest.raises(ValueError, match=r"seed1\.json: its arms continued the SFT base base-1"):
+    with pytest.raises(ValueError, match=r"seed1\.json: its runs continued the SFT base base-1"):
         compare_shift.run_seed(args, 1, {"bash": arms["bash"]}, path, kept)
 
 
